@@ -1,0 +1,76 @@
+"""End to end: `dvc repro` of the smoke profile in a temporary copy of the repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import FASHION_MNIST
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="dataset-fashion-mnist not installed"),
+]
+
+
+def _run(cwd: Path, *cmd: str) -> str:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PREFECT_HOME"] = str(cwd / ".prefect")
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-4000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """The repository's tracked and new files, as a fresh git repo on the smoke profile."""
+    dst = tmp_path_factory.mktemp("repo")
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        if (REPO / rel).is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dst / rel)
+    for d in ("data", "reports"):
+        shutil.rmtree(dst / d, ignore_errors=True)
+    _run(dst, "git", "init", "-q")
+    _run(dst, "vfmtok-pipeline", "profile", "smoke")
+    _run(dst, "git", "add", "-A")
+    _run(dst, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke")
+    return dst
+
+
+def _set(project: Path, section: str, key: str, value) -> None:
+    path = project / "params.yaml"
+    data = yaml.safe_load(path.read_text())
+    data[section][key] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def test_repro_then_up_to_date_then_selective_reruns(project):
+    out = _run(project, "dvc", "repro")
+    assert "Running stage 'prepare'" in out and "Running stage 'extract_features'" in out
+    assert (project / "data" / "features" / "manifest.json").is_file()
+    assert (project / "reports" / "prepare.json").is_file()
+    metrics = _run(project, "dvc", "metrics", "show")
+    assert "images_per_s" in metrics
+
+    again = _run(project, "dvc", "repro")
+    assert "Running stage" not in again and "up to date" in again
+
+    _set(project, "extract_features", "batch_size", 7)
+    out = _run(project, "dvc", "repro", "extract_features")
+    assert "Running stage 'extract_features'" in out and "Running stage 'prepare'" not in out
+
+    _set(project, "prepare", "max_per_class_val", 3)
+    out = _run(project, "dvc", "repro", "extract_features")
+    assert "Running stage 'prepare'" in out and "Running stage 'extract_features'" in out

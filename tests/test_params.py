@@ -1,0 +1,120 @@
+"""Every class of params error names the file, the dotted key and the value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ParamsError
+from pipeline.params import load_params, profile_path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path: Path, mutate) -> Path:
+    data = yaml.safe_load(profile_path("smoke", REPO).read_text())
+    mutate(data)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _error(tmp_path: Path, mutate) -> ParamsError:
+    path = _write(tmp_path, mutate)
+    with pytest.raises(ParamsError) as info:
+        load_params(path)
+    assert str(path) in str(info.value)
+    return info.value
+
+
+def test_active_params_is_the_demo_profile():
+    assert (REPO / "params.yaml").read_text() == profile_path("demo", REPO).read_text()
+
+
+@pytest.mark.parametrize("name", ["demo", "smoke", "imagenet"])
+def test_every_profile_validates(name):
+    p = load_params(profile_path(name, REPO), check_paths=False)
+    assert p.backbone.image_size == p.prepare.resolution
+
+
+def test_imagenet_profile_is_the_paper_setup():
+    p = load_params(profile_path("imagenet", REPO), check_paths=False)
+    assert p.backbone.model == "vit_large_patch14_reg4_dinov2"
+    assert p.backbone.taps == [6, 12, 18, 24] and p.prepare.resolution == 336
+
+
+def test_unknown_key(tmp_path):
+    e = _error(tmp_path, lambda d: d["prepare"].update(resolutoin=64))
+    assert e.key == "prepare.resolutoin" and "unknown key" in str(e) and "64" in str(e)
+
+
+def test_unknown_section(tmp_path):
+    e = _error(tmp_path, lambda d: d.update(extra={"a": 1}))
+    assert e.key == "extra"
+
+
+def test_wrong_type(tmp_path):
+    e = _error(tmp_path, lambda d: d["prepare"].update(resolution="big"))
+    assert e.key == "prepare.resolution" and "'big'" in str(e) and "integer" in str(e)
+
+
+def test_bool_is_not_an_integer(tmp_path):
+    e = _error(tmp_path, lambda d: d["extract_features"].update(batch_size=True))
+    assert e.key == "extract_features.batch_size"
+
+
+def test_wrong_list_item_type(tmp_path):
+    e = _error(tmp_path, lambda d: d["extract_features"].update(splits=["train", "test"]))
+    assert e.key == "extract_features.splits[1]" and "'test'" in str(e)
+
+
+def test_out_of_range(tmp_path):
+    e = _error(tmp_path, lambda d: d["prepare"].update(resolution=4))
+    assert e.key == "prepare.resolution" and ">= 8" in str(e) and "4" in str(e)
+
+
+def test_bad_choice(tmp_path):
+    e = _error(tmp_path, lambda d: d["prepare"].update(source="mnist"))
+    assert e.key == "prepare.source" and "'mnist'" in str(e) and "fashion_mnist" in str(e)
+
+
+def test_missing_key(tmp_path):
+    e = _error(tmp_path, lambda d: d["prepare"].pop("shard_size"))
+    assert e.key == "prepare.shard_size" and "missing" in str(e)
+
+
+def test_missing_source_path(tmp_path):
+    e = _error(tmp_path, lambda d: d["prepare"].update(path="/no/such/folder"))
+    assert e.key == "prepare.path" and "/no/such/folder" in str(e)
+
+
+def test_missing_weights_file(tmp_path):
+    def mutate(d):
+        d["backbone"].update(kind="timm_vit", model="vit_small_patch14_dinov2", weights="/no/w.pt")
+
+    e = _error(tmp_path, mutate)
+    assert e.key == "backbone.weights" and "/no/w.pt" in str(e)
+
+
+def test_random_init_refused_unless_allowed(tmp_path):
+    e = _error(tmp_path, lambda d: d["backbone"].update(weights="random"))
+    assert e.key == "backbone.weights" and "allow_random_init" in str(e)
+    ok = _write(tmp_path, lambda d: d["backbone"].update(weights="random", allow_random_init=True))
+    assert load_params(ok).backbone.weights == "random"
+
+
+def test_inconsistent_sizes(tmp_path):
+    e = _error(tmp_path, lambda d: d["backbone"].update(image_size=48))
+    assert e.key == "backbone.image_size" and "prepare.resolution" in str(e)
+
+
+def test_missing_and_malformed_file(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("prepare: [unclosed\n")
+    with pytest.raises(ParamsError, match="not valid YAML") as info:
+        load_params(bad)
+    assert str(bad) in str(info.value)

