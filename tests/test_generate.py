@@ -1,0 +1,177 @@
+"""Sampling: KV cache vs full recompute, greedy/top-k/top-p, seeding, classifier-free guidance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vfmtok.generate import generate, sample_logits
+from vfmtok.gpt import GPT_Tiny
+
+V, T, C = 64, 16, 10
+
+
+def make_model(**kw):
+    """A tiny random GPT whose head is re-initialised so that logits are far from uniform."""
+    torch.manual_seed(0)
+    model = GPT_Tiny(vocab_size=V, n_tokens=T, num_classes=C, class_dropout=0.1,
+                     token_dropout=0.0, resid_dropout=0.0, attn_dropout=0.0, **kw)
+    torch.nn.init.normal_(model.output.weight, std=0.2)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model()
+
+
+def greedy_reference(model, labels, n, cfg_scale=1.0):
+    """Argmax decoding by re-running the full prefix, written independently of generate()."""
+    out = torch.empty(labels.shape[0], 0, dtype=torch.long)
+    null = torch.full_like(labels, model.null_class)
+    with torch.no_grad():
+        for _ in range(n):
+            c = model.forward_prefix(labels, out)[:, -1]
+            if cfg_scale != 1.0:
+                u = model.forward_prefix(null, out)[:, -1]
+                c = u + cfg_scale * (c - u)
+            out = torch.cat([out, c.argmax(-1, keepdim=True)], dim=1)
+    return out
+
+
+@pytest.mark.parametrize("n_kv_head", [None, 2])
+def test_kv_cache_logits_match_full_sequence(n_kv_head):
+    model = make_model(n_kv_head=n_kv_head)
+    labels = torch.tensor([0, 3, 9])
+    tokens = torch.randint(0, V, (3, T))
+    with torch.no_grad():
+        full, _ = model(tokens, labels)  # (B, T, V)
+        model.setup_caches(max_batch=4, max_seq_len=T)  # a larger batch than used is fine
+        steps = [model.forward_step(torch.tensor([0]), labels=labels)]
+        for t in range(1, T):
+            steps.append(model.forward_step(torch.tensor([t]), idx=tokens[:, t - 1:t]))
+        cached = torch.cat(steps, dim=1)
+        # a chunked prefill (class token + 6 tokens at once) then single steps
+        model.setup_caches(max_batch=3, max_seq_len=T)
+        chunks = [model.forward_step(torch.arange(7), idx=tokens[:, :6], labels=labels)]
+        for t in range(7, T):
+            chunks.append(model.forward_step(torch.tensor([t]), idx=tokens[:, t - 1:t]))
+        chunked = torch.cat(chunks, dim=1)
+        model.clear_caches()
+    assert cached.shape == full.shape == (3, T, V)
+    assert full.std() > 0.5  # non-trivial logits
+    torch.testing.assert_close(cached, full, rtol=0, atol=1e-4)
+    torch.testing.assert_close(chunked, full, rtol=0, atol=1e-4)
+
+
+def test_forward_step_guards(model):
+    with pytest.raises(RuntimeError, match="setup_caches"):
+        model.forward_step(torch.tensor([0]), labels=torch.tensor([1]))
+    model.setup_caches(1, T)
+    with pytest.raises(ValueError, match="position 0"):
+        model.forward_step(torch.tensor([3]), labels=torch.tensor([1]))
+    with pytest.raises(ValueError, match="input_pos"):
+        model.forward_step(torch.tensor([1, 2]), idx=torch.tensor([[1]]))
+    model.clear_caches()
+    with pytest.raises(ValueError, match="n_tokens"):
+        generate(model, torch.tensor([1]), T + 1)
+
+
+def test_top_k_1_is_greedy_with_and_without_cache(model):
+    labels = torch.tensor([0, 1, 2, 7])
+    ref = greedy_reference(model, labels, T)
+    g = torch.Generator().manual_seed(0)
+    cached = generate(model, labels, T, top_k=1, generator=g)
+    uncached = generate(model, labels, T, top_k=1, use_kv_cache=False, generator=g)
+    zero_temp = generate(model, labels, T, temperature=0.0)
+    assert cached.shape == (4, T) and cached.dtype == torch.long
+    assert torch.equal(cached, ref) and torch.equal(uncached, ref) and torch.equal(zero_temp, ref)
+    assert len(set(map(tuple, ref.tolist()))) > 1  # classes lead to different sequences
+
+
+def test_seeded_sampling_is_reproducible(model):
+    labels = torch.arange(6) % C
+
+    def draw(seed, **kw):
+        return generate(model, labels, T, generator=torch.Generator().manual_seed(seed), **kw)
+
+    a, b, c = draw(1), draw(1), draw(2)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert a.min() >= 0 and a.max() < V
+    # the cache changes nothing but speed: same seed, same samples
+    assert torch.equal(a, draw(1, use_kv_cache=False))
+    assert torch.equal(draw(3, cfg_scale=2.5), draw(3, cfg_scale=2.5, use_kv_cache=False))
+
+
+def test_cfg(model):
+    labels = torch.tensor([2, 5, 8])
+    g = lambda: torch.Generator().manual_seed(4)  # noqa: E731
+    # scale 1.0 is guidance off: identical to the default call (no doubled batch)
+    assert torch.equal(generate(model, labels, T, cfg_scale=1.0, generator=g()),
+                       generate(model, labels, T, generator=g()))
+    # scale 0 leaves only the unconditional logits: same draw as sampling the null class
+    null = torch.full_like(labels, model.null_class)
+    assert torch.equal(generate(model, labels, T, cfg_scale=0.0, generator=g()),
+                       generate(model, null, T, generator=g()))
+    # greedy guided decoding follows u + s (c - u) exactly
+    guided = generate(model, labels, T, cfg_scale=3.0, top_k=1)
+    assert torch.equal(guided, greedy_reference(model, labels, T, cfg_scale=3.0))
+    assert not torch.equal(guided, greedy_reference(model, labels, T))
+
+
+def test_top_p_small_keeps_only_top_token(model):
+    logits = torch.randn(32, V) * 3
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        assert torch.equal(sample_logits(logits, top_p=1e-4, generator=g), logits.argmax(-1))
+    labels = torch.tensor([1, 4])
+    assert torch.equal(generate(model, labels, T, top_p=1e-4, generator=g),
+                       greedy_reference(model, labels, T))
+
+
+def test_top_p_and_top_k_filter_the_right_tokens():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().expand(20000, 4)
+    g = torch.Generator().manual_seed(0)
+    nucleus = sample_logits(logits, top_p=0.7, generator=g)  # mass 0.5 < 0.7, so add 0.3
+    freq = torch.bincount(nucleus, minlength=4).float() / 20000
+    assert freq[2:].sum() == 0
+    assert freq[0].item() == pytest.approx(0.5 / 0.8, abs=0.02)
+    top2 = sample_logits(logits, top_k=2, generator=g)
+    assert set(top2.unique().tolist()) == {0, 1}
+    plain = torch.bincount(sample_logits(logits, generator=g), minlength=4).float() / 20000
+    torch.testing.assert_close(plain, probs, rtol=0, atol=0.02)
+    hot = torch.bincount(sample_logits(logits, temperature=0.5, generator=g), minlength=4)
+    assert hot[0] / 20000 > 0.6  # lower temperature sharpens
+    with pytest.raises(ValueError):
+        sample_logits(logits, top_p=0.0)
+
+
+def test_generate_restores_mode_and_frees_caches():
+    model = make_model().train()
+    generate(model, torch.tensor([1, 2]), 4, generator=torch.Generator().manual_seed(0))
+    assert model.training
+    assert all(layer.attention.kv_cache is None for layer in model.layers)
+    assert model.causal_mask is None
+    assert "causal_mask" not in model.state_dict()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_generate_cuda_bf16_autocast():
+    model = make_model().cuda()
+    labels = torch.tensor([0, 1, 2], device="cuda")
+    tokens = torch.randint(0, V, (3, T), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16), torch.no_grad():
+        full, _ = model(tokens, labels)
+        model.setup_caches(3, T, dtype=torch.bfloat16)
+        steps = [model.forward_step(torch.tensor([0], device="cuda"), labels=labels)]
+        for t in range(1, T):
+            steps.append(model.forward_step(torch.tensor([t], device="cuda"),
+                                            idx=tokens[:, t - 1:t]))
+        model.clear_caches()
+        g = torch.Generator(device="cuda").manual_seed(0)
+        out = generate(model, labels, T, cfg_scale=2.0, generator=g)
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=0, atol=0.1)
+    assert out.shape == (3, T) and out.device.type == "cuda" and out.max() < V

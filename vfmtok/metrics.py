@@ -1,0 +1,111 @@
+"""Reconstruction, codebook and representation metrics: PSNR, SSIM, codebook usage, linear probe.
+
+Why the care with `data_range`: scikit-image guesses the range of float images as [-1, 1]
+(data_range=2), which inflates SSIM for [0, 1] images; the public VFMTok evaluation fell into this.
+Here the range follows the dtype (uint8 -> 255, float -> 1 with values checked to lie in [0, 1])
+unless given explicitly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from skimage.metrics import structural_similarity
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+def _numpy(x: ArrayLike) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _pair(
+    a: ArrayLike, b: ArrayLike, data_range: float | None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Validate an image pair and settle its data range (see the module docstring)."""
+    a, b = _numpy(a), _numpy(b)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        raise ValueError(f"image mismatch: {a.shape} {a.dtype} vs {b.shape} {b.dtype}")
+    if data_range is not None:
+        return a, b, float(data_range)
+    if a.dtype == np.uint8:
+        return a, b, 255.0
+    if np.issubdtype(a.dtype, np.floating):
+        lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
+        if lo < -1e-6 or hi > 1 + 1e-6:
+            raise ValueError(f"float images outside [0, 1] ({lo:.3g}..{hi:.3g}): pass data_range")
+        return a, b, 1.0
+    raise ValueError(f"cannot infer data_range for dtype {a.dtype}: pass it explicitly")
+
+
+def psnr(a: ArrayLike, b: ArrayLike, data_range: float | None = None) -> float:
+    """PSNR in dB of one image pair, 10 log10(range^2 / MSE); inf for identical images."""
+    a, b, dr = _pair(a, b, data_range)
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10.0 * np.log10(dr * dr / mse))
+
+
+def ssim(a: ArrayLike, b: ArrayLike, data_range: float | None = None) -> float:
+    """SSIM of one (H, W, C) or (H, W) pair with scikit-image's defaults (7x7 uniform window).
+
+    Channels are averaged (`channel_axis=-1`), as LlamaGen/VFMTok evaluations do, but with the
+    correct data_range.
+    """
+    a, b, dr = _pair(a, b, data_range)
+    channel_axis = -1 if a.ndim == 3 else None
+    return float(structural_similarity(a, b, data_range=dr, channel_axis=channel_axis))
+
+
+def batch_psnr(a: ArrayLike, b: ArrayLike, data_range: float | None = None) -> float:
+    """Mean over N of per-image PSNR for (N, H, W, C) batches (not PSNR of the pooled MSE)."""
+    a, b, dr = _pair(a, b, data_range)
+    return float(np.mean([psnr(x, y, dr) for x, y in zip(a, b, strict=True)]))
+
+
+def batch_ssim(a: ArrayLike, b: ArrayLike, data_range: float | None = None) -> float:
+    """Mean over N of per-image SSIM for (N, H, W, C) batches."""
+    a, b, dr = _pair(a, b, data_range)
+    return float(np.mean([ssim(x, y, dr) for x, y in zip(a, b, strict=True)]))
+
+
+def codebook_usage(indices: ArrayLike, codebook_size: int) -> tuple[float, float]:
+    """(fraction of codes used at least once, perplexity exp(H(p)) of the code histogram).
+
+    Perplexity reads as "effective number of codes": K for a uniform histogram, 1 for a collapse.
+    """
+    idx = _numpy(indices).reshape(-1).astype(np.int64)
+    if idx.size == 0:
+        raise ValueError("no indices")
+    if idx.min() < 0 or idx.max() >= codebook_size:
+        raise ValueError(f"indices outside [0, {codebook_size})")
+    counts = np.bincount(idx, minlength=codebook_size)
+    p = counts[counts > 0] / idx.size
+    return float((counts > 0).sum() / codebook_size), float(np.exp(-(p * np.log(p)).sum()))
+
+
+def linear_probe(
+    train_x: ArrayLike,
+    train_y: ArrayLike,
+    val_x: ArrayLike,
+    val_y: ArrayLike,
+    *,
+    C: float = 1.0,  # noqa: N803 (scikit-learn's name)
+    max_iter: int = 1000,
+    seed: int = 0,
+) -> float:
+    """Top-1 validation accuracy of a linear classifier on frozen features.
+
+    Fixed protocol (the paper does not state its own): features as given, e.g. mean-pooled tokens,
+    (N, D); standardised with training-set statistics; multinomial logistic regression, L2 penalty
+    with inverse strength C, lbfgs solver, at most `max_iter` iterations, seeded; no augmentation,
+    no hyper-parameter search.
+    """
+    clf = make_pipeline(
+        StandardScaler(),
+        LogisticRegression(C=C, max_iter=max_iter, random_state=seed),
+    )
+    clf.fit(_numpy(train_x).reshape(len(train_x), -1), _numpy(train_y))
+    return float(clf.score(_numpy(val_x).reshape(len(val_x), -1), _numpy(val_y)))
