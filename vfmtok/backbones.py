@@ -100,6 +100,12 @@ class FrozenBackbone(nn.Module):
     def _levels(self, x: Tensor) -> list[Tensor]:
         raise NotImplementedError
 
+    def levels_with_input_grad(self, images: Tensor) -> list[Tensor]:
+        """Levels with autograd to the *input* (parameters stay frozen): for losses on a
+        generated image (perceptual feature loss, the GAN discriminator's frozen trunk)."""
+        self._check_input(images)
+        return [y.float() for y in self._levels(self.normalize(images))]
+
     @torch.no_grad()
     def forward(self, images: Tensor) -> BackboneOutput:
         """images (B, 3, H, W) in [-1, 1] -> multi-level maps (fp32, no grad)."""
