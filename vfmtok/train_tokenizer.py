@@ -1,0 +1,142 @@
+"""The tokenizer's training loop: Adam (0.9, 0.95), warmup then constant lr, grad clipping, EMA
+weights, bf16 autocast on CUDA, an optional GAN discriminator, and exact resume from checkpoints.
+
+The loop knows nothing of files besides its checkpoint: data comes from a :class:`TrainData`
+(cached backbone features or images through the backbone) and each step's losses go to ``on_log``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from vfmtok.losses import LossConfig, TokenizerLoss
+from vfmtok.runtime import autocast
+from vfmtok.tokenizer import Tokenizer
+from vfmtok.training import (
+    CHECKPOINT_NAME,
+    EMA,
+    StepSampler,
+    config_hash,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_lr,
+    set_rng_state,
+    step_generator,
+    warmup_constant,
+)  # fmt: skip
+
+
+@dataclass
+class TokenizerTrainConfig:
+    steps: int = field(metadata={"min": 1})
+    batch_size: int = field(metadata={"min": 1})
+    lr: float = field(metadata={"min": 0.0})
+    warmup_steps: int = field(default=0, metadata={"min": 0})
+    grad_clip: float = field(default=1.0, metadata={"min": 0.0})  # 0 = off
+    ema_decay: float = field(default=0.999, metadata={"min": 0.0, "max": 1.0})
+    checkpoint_every: int = field(default=100, metadata={"min": 1})
+    seed: int = 0
+    augment: bool = False  # flip + random crop; then features come from the backbone, not the cache
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+class TrainData(Protocol):
+    def __len__(self) -> int: ...
+
+    def batch(self, indices: Tensor, generator: torch.Generator) -> tuple[Tensor, list[Tensor] | None]:
+        """Images (B, 3, H, W) in [-1, 1] and the cached levels, or None to run the backbone."""
+        ...
+
+
+@dataclass
+class TrainResult:
+    ema: EMA
+    steps_run: int  # steps this call ran (0 when the checkpoint was already complete)
+    resumed_from: int
+
+
+def _clip(params, max_norm: float) -> None:
+    if max_norm > 0:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+def train_tokenizer(
+    model: Tokenizer, loss_fn: TokenizerLoss, data: TrainData, cfg: TokenizerTrainConfig,
+    checkpoint_dir: str | Path, device: torch.device,
+    on_log: Callable[[int, dict[str, float]], None] = lambda step, logs: None,
+    run_config: dict | None = None,
+) -> TrainResult:
+    """Train ``model`` for ``cfg.steps`` steps, resuming from ``checkpoint_dir`` when it holds a
+    checkpoint of the same ``run_config`` (model + training config)."""
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME
+    chash = config_hash(run_config if run_config is not None else asdict(cfg))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.95))
+    gan = loss_fn.discriminator is not None and cfg.loss.gan_weight > 0
+    d_params = list(loss_fn.discriminator.parameters()) if gan else []
+    opt_d = torch.optim.Adam(d_params, lr=cfg.loss.disc_lr, betas=(0.9, 0.95)) if d_params else None
+    ema = EMA(model, cfg.ema_decay)
+
+    start = 0
+    state = load_checkpoint(ckpt_path, chash)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        ema.load_state_dict(state["ema"])
+        if opt_d is not None:
+            loss_fn.discriminator.load_state_dict(state["discriminator"])
+            opt_d.load_state_dict(state["optimizer_d"])
+        set_rng_state(state["rng"])
+        start = int(state["step"])
+
+    sampler = StepSampler(len(data), cfg.batch_size, cfg.seed)
+    model.train()
+    for step in range(start, cfg.steps):
+        set_lr(opt, cfg.lr * warmup_constant(step, cfg.warmup_steps))
+        images, levels = data.batch(sampler.indices(step), step_generator(cfg.seed, step))
+        images = images.to(device, non_blocking=True)
+        levels = None if levels is None else [lv.to(device, non_blocking=True).float() for lv in levels]
+        with autocast(device):
+            out = model(images, levels)
+            g = loss_fn.generator_losses(images, out.recon, step, image_levels=levels)
+            semantic = cfg.loss.semantic_weight * out.semantic_loss
+            total = sum(g.values()) + out.vq.loss + semantic
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        _clip(params, cfg.grad_clip)
+        opt.step()
+        ema.update(model)
+
+        logs = {k: v.item() for k, v in g.items()}
+        logs.update(total=total.item(), semantic=out.semantic_loss.item(),
+                    codebook=out.vq.codebook_loss.item(), commit=out.vq.commit_loss.item(),
+                    usage=float(out.vq.usage), perplexity=float(out.vq.perplexity),
+                    lr=opt.param_groups[0]["lr"])  # fmt: skip
+        if opt_d is not None:
+            with autocast(device):
+                d_loss = loss_fn.discriminator_loss(images, out.recon.detach(), step, image_levels=levels)
+            if d_loss is not None:
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                _clip(d_params, cfg.grad_clip)
+                opt_d.step()
+                logs["disc"] = d_loss.item()
+        on_log(step, logs)
+
+        done = step + 1
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            save_checkpoint(ckpt_path, {
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "ema": ema.state_dict(),
+                "discriminator": loss_fn.discriminator.state_dict() if opt_d else {},
+                "optimizer_d": opt_d.state_dict() if opt_d else {},
+                "rng": rng_state(), "step": done, "config_hash": chash,
+            })  # fmt: skip
+    model.eval()
+    return TrainResult(ema=ema, steps_run=max(0, cfg.steps - start), resumed_from=start)
