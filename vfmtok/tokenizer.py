@@ -1,0 +1,358 @@
+"""VFMTok's tokenizer, and the pixel-only VQGAN baseline built from the same parts.
+
+vfmtok: frozen backbone levels -> per-level projection MLPs -> N learned anchor queries on a fixed
+sqrt(N) x sqrt(N) reference grid, refined by post-norm layers of multi-scale deformable attention
+(region-adaptive sampling of the levels), causal self-attention and a ReLU FFN -> Linear down to a
+low-dim L2-normalised codebook -> Linear back up -> the shared causal ViT decoder (pixel branch ->
+conv decoder; semantic branch -> the backbone's last level, training only).
+
+vqgan: a conv encoder on the pixels to a sqrt(N) x sqrt(N) grid replaces everything before the
+quantizer; quantizer and decoder are the same modules (pixel branch only).
+
+The frozen backbone is a submodule (so ``.to(device)`` moves it) but is left out of
+``state_dict()``: it has its own weights file, and tokenizer checkpoints (and EMA copies) stay small.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vfmtok.decoder import ConvDecoder, SelfAttention, ViTDecoder
+from vfmtok.deform_attn import MSDeformAttn
+from vfmtok.quantizer import QuantizerStats, VectorQuantizer
+from vfmtok.vqgan_encoder import VQGANEncoder
+
+ANCHOR_GAIN = 0.1  # initial LayerNorm gain of the anchor queries (see AnchorEncoder)
+
+
+@dataclass
+class TokenizerConfig:
+    """Tokenizer architecture (paper values as defaults, except kind/image_size/n_tokens)."""
+
+    kind: Literal["vfmtok", "vqgan"]
+    image_size: int = field(metadata={"min": 8, "max": 4096})  # must equal the backbone's
+    n_tokens: int = field(metadata={"min": 1, "max": 65536})  # perfect square
+    dim: int = field(default=512, metadata={"min": 8, "max": 8192})
+    enc_layers: int = field(default=6, metadata={"min": 1, "max": 64})
+    dec_layers: int = field(default=6, metadata={"min": 1, "max": 64})
+    n_heads: int = field(default=8, metadata={"min": 1, "max": 128})
+    n_points: int = field(default=4, metadata={"min": 1, "max": 64})
+    enc_ffn_dim: int = field(default=1024, metadata={"min": 1, "max": 65536})
+    dec_ffn_dim: int = field(default=1368, metadata={"min": 1, "max": 65536})
+    codebook_size: int = field(default=16384, metadata={"min": 2, "max": 1 << 20})
+    codebook_dim: int = field(default=12, metadata={"min": 1, "max": 1024})
+    beta: float = field(default=0.25, metadata={"min": 0.0, "max": 10.0})
+    pixel_grid: int = field(default=21, metadata={"min": 1, "max": 1024})
+    n_registers: int = field(default=4, metadata={"min": 0, "max": 256})
+    conv_ch: int = field(default=128, metadata={"min": 1, "max": 4096})
+    conv_mult: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 4], metadata={"min": 1, "max": 64})
+    conv_res_blocks: int = field(default=2, metadata={"min": 1, "max": 16})
+    vqgan_ch: int = field(default=128, metadata={"min": 1, "max": 4096})
+    vqgan_mult: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 4], metadata={"min": 1, "max": 64})
+    semantic: bool = True  # vfmtok only
+    # BatchNorm (no affine, no parameters) on the codebook_dim projection before L2 normalisation.
+    # Not in the paper: without it short runs at demo scale collapse to 1-2 codes within ~20 Adam
+    # steps (the pre-quant vectors share one large component that the first updates amplify).
+    quant_batchnorm: bool = True
+
+    @property
+    def grid(self) -> int:
+        """sqrt(n_tokens): side of the anchor / conv token grid."""
+        return math.isqrt(self.n_tokens)
+
+    def check(self) -> None:
+        """Raise ValueError for combinations that cannot build a working model."""
+        if self.kind not in ("vfmtok", "vqgan"):
+            raise ValueError(f"tokenizer kind must be 'vfmtok' or 'vqgan', got {self.kind!r}")
+        if self.grid * self.grid != self.n_tokens:
+            raise ValueError(f"n_tokens must be a perfect square (a token grid), got {self.n_tokens}")
+        if self.dim % self.n_heads != 0:
+            raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
+        if not self.conv_mult:
+            raise ValueError("conv_mult must have at least one level")
+        up = 2 ** (len(self.conv_mult) - 1)
+        if self.pixel_grid * up != self.image_size:
+            raise ValueError(
+                f"pixel_grid {self.pixel_grid} x 2**(len(conv_mult)-1) = {self.pixel_grid * up} must "
+                f"equal image_size {self.image_size} (the conv decoder upsamples x2 per extra level)"
+            )
+        if self.kind == "vqgan":
+            down = 2 ** (len(self.vqgan_mult) - 1)
+            if not self.vqgan_mult or self.image_size % down or self.image_size // down != self.grid:
+                raise ValueError(
+                    f"vqgan encoder: image_size {self.image_size} / 2**(len(vqgan_mult)-1) = "
+                    f"{self.image_size / down:g} must equal sqrt(n_tokens) = {self.grid}"
+                )
+
+
+@dataclass
+class TokenizerOutput:
+    recon: Tensor  # (B, 3, H, W), unclamped
+    indices: Tensor  # (B, N) long
+    vq: QuantizerStats
+    semantic_loss: Tensor  # scalar: mean(1 - cos) over positions; 0 when there is no semantic branch
+
+
+# ----------------------------------------------------------------------------- VFMTok encoder
+
+
+class LevelProjection(nn.Module):
+    """One backbone level (B, C, H, W) -> (B, D, H, W): Linear -> LN -> ReLU -> Linear -> LN -> LN."""
+
+    def __init__(self, c_in: int, dim: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(c_in, dim, bias=False), nn.LayerNorm(dim), nn.ReLU(),
+            nn.Linear(dim, dim, bias=False), nn.LayerNorm(dim), nn.LayerNorm(dim),
+        )  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, _, H, W = x.shape
+        y = self.mlp(x.flatten(2).transpose(1, 2))  # (B, HW, D)
+        return y.transpose(1, 2).reshape(B, -1, H, W)
+
+
+class AnchorEncoderLayer(nn.Module):
+    """Post-norm: deformable attention to the levels -> add&LN -> causal self-attention over the
+    queries -> add&LN -> ReLU FFN -> add&LN (Deformable-DETR encoder layer + a causal mixer)."""
+
+    def __init__(self, dim: int, n_levels: int, n_heads: int, n_points: int, ffn_dim: int) -> None:
+        super().__init__()
+        self.deform = MSDeformAttn(dim, n_levels, n_heads, n_points)
+        self.self_attn = SelfAttention(dim, n_heads, causal=True)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(), nn.Linear(ffn_dim, dim))
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+
+    def forward(self, q: Tensor, pos: Tensor, ref: Tensor, maps: list[Tensor]) -> Tensor:
+        q = self.norm1(q + self.deform(q + pos, ref, maps))  # (B, N, D)
+        q = self.norm2(q + self.self_attn(q, pos))
+        return self.norm3(q + self.ffn(q))
+
+
+class AnchorEncoder(nn.Module):
+    """Backbone levels -> N region-adaptive token features (B, N, D) in raster anchor order.
+
+    The anchors' LayerNorm gain starts at ``ANCHOR_GAIN`` instead of 1: with unit-variance anchors
+    as the residual stream, the image content that the first deformable attention adds is ~4% of
+    the token variance at init (at demo scale), so every image gets the same codes and short runs
+    learn only the mean image. At 0.1 the first layer's output is image-dominated (DETR starts its
+    object queries' content at zero for the same reason); the gain is learned afterwards.
+    """
+
+    def __init__(
+        self, level_channels: list[int], n_tokens: int, dim: int, layers: int, n_heads: int,
+        n_points: int, ffn_dim: int,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        scale = dim**-0.5  # N(0, 1/D)
+        self.projections = nn.ModuleList(LevelProjection(c, dim) for c in level_channels)
+        self.queries = nn.Parameter(torch.randn(1, n_tokens, dim) * scale)
+        self.query_pos = nn.Parameter(torch.randn(1, n_tokens, dim) * scale)
+        self.norm_queries = nn.LayerNorm(dim)
+        nn.init.constant_(self.norm_queries.weight, ANCHOR_GAIN)
+        self.layers = nn.ModuleList(
+            AnchorEncoderLayer(dim, len(level_channels), n_heads, n_points, ffn_dim) for _ in range(layers)
+        )
+        self.register_buffer("reference_points", self.reference_grid(math.isqrt(n_tokens)), persistent=False)
+        self._reset_parameters()
+
+    @staticmethod
+    def reference_grid(g: int) -> Tensor:
+        """(1, g*g, 2) anchor centres ((j + 0.5) / g, (i + 0.5) / g) as (x, y), token i*g + j."""
+        c = (torch.arange(g, dtype=torch.float32) + 0.5) / g
+        y, x = torch.meshgrid(c, c, indexing="ij")  # (g, g) each
+        return torch.stack([x.flatten(), y.flatten()], dim=-1)[None]
+
+    @torch.no_grad()
+    def _reset_parameters(self) -> None:
+        # xavier on every Linear first (the public code's init loop iterates over parameters looking
+        # for Linear modules and so does nothing); the Deformable-DETR init must come AFTER it.
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, MSDeformAttn):
+                m.reset_parameters()
+
+    def forward(self, levels: list[Tensor]) -> Tensor:
+        maps = [proj(lv) for proj, lv in zip(self.projections, levels, strict=True)]  # (B, D, H_l, W_l)
+        B = levels[0].shape[0]
+        q = self.norm_queries(self.queries).expand(B, -1, -1)  # (B, N, D)
+        ref = self.reference_points.expand(B, -1, -1)  # (B, N, 2)
+        for layer in self.layers:
+            q = layer(q, self.query_pos, ref, maps)
+        return q
+
+
+# ----------------------------------------------------------------------------- tokenizers
+
+
+class Tokenizer(nn.Module):
+    """Shared quantizer + decoder; subclasses provide ``_latents`` (the encoder side)."""
+
+    def __init__(self, cfg: TokenizerConfig, semantic_shape: tuple[int, int] | None, semantic_ch: int):
+        super().__init__()
+        self.cfg = cfg
+        self.pre_quant = nn.Linear(cfg.dim, cfg.codebook_dim)
+        self.quant_norm = nn.BatchNorm1d(cfg.codebook_dim, affine=False) if cfg.quant_batchnorm else None
+        self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.codebook_dim, cfg.beta)
+        self.post_quant = nn.Linear(cfg.codebook_dim, cfg.dim)
+        self.decoder = ViTDecoder(
+            cfg.dim, cfg.dec_layers, cfg.n_heads, cfg.dec_ffn_dim, cfg.n_tokens, cfg.pixel_grid,
+            cfg.n_registers, semantic_shape, semantic_ch,
+        )  # fmt: skip
+        self.pixel_decoder = ConvDecoder(cfg.dim, cfg.conv_ch, cfg.conv_mult, cfg.conv_res_blocks)
+
+    @property
+    def n_tokens(self) -> int:
+        return self.cfg.n_tokens
+
+    @property
+    def codebook_size(self) -> int:
+        return self.cfg.codebook_size
+
+    def _latents(self, images: Tensor | None, levels: list[Tensor] | None) -> tuple[Tensor, Tensor | None]:
+        """-> pre-quantization token features (B, N, D) and the semantic target (or None)."""
+        raise NotImplementedError
+
+    def _pre_quant(self, z: Tensor) -> Tensor:
+        """(B, N, D) -> (B, N, codebook_dim) vectors to quantize (before the L2 normalisation)."""
+        h = self.pre_quant(z)
+        if self.quant_norm is not None:  # batch statistics in training, running ones in eval
+            h = self.quant_norm(h.float().transpose(1, 2)).transpose(1, 2)
+        return h
+
+    def _quantize(self, z: Tensor) -> tuple[Tensor, Tensor, QuantizerStats]:
+        """(B, N, D) -> straight-through slots (B, N, D) for the decoder, indices (B, N), stats."""
+        z_q, indices, stats = self.quantizer(self._pre_quant(z))  # (B, N, codebook_dim)
+        return self.post_quant(z_q), indices, stats
+
+    def _pixels(self, slots: Tensor) -> Tensor:
+        return self.pixel_decoder(self.decoder.pixel_features(slots))  # (B, 3, H, W)
+
+    def forward(self, images: Tensor | None, levels: list[Tensor] | None = None) -> TokenizerOutput:
+        z, target = self._latents(images, levels)
+        slots, indices, stats = self._quantize(z)
+        recon = self._pixels(slots)
+        semantic_loss = torch.zeros((), device=recon.device)
+        if target is not None and self.training and self.decoder.semantic is not None:
+            pred = self.decoder.semantic_prediction(slots)  # (B, C, S_h, S_w)
+            cos = F.cosine_similarity(pred.float(), target.detach().float(), dim=1)  # (B, S_h, S_w)
+            semantic_loss = (1.0 - cos).mean()
+        return TokenizerOutput(recon, indices, stats, semantic_loss)
+
+    @torch.no_grad()
+    def encode(self, images: Tensor | None, levels: list[Tensor] | None = None) -> Tensor:
+        """Token ids (B, N) long, in anchor (raster) order."""
+        z, _ = self._latents(images, levels)
+        return self.quantizer.nearest(F.normalize(self._pre_quant(z).float(), dim=-1))
+
+    @torch.no_grad()
+    def decode(self, indices: Tensor) -> Tensor:
+        """Token ids (B, N) -> images (B, 3, H, W) clamped to [-1, 1] (no autograd: training
+        differentiates ``forward``'s unclamped ``recon`` instead)."""
+        if indices.ndim != 2 or indices.shape[1] != self.n_tokens:
+            raise ValueError(f"indices must be (B, {self.n_tokens}), got {tuple(indices.shape)}")
+        slots = self.post_quant(self.quantizer.lookup(indices))  # (B, N, D)
+        return self._pixels(slots).clamp(-1.0, 1.0)
+
+    def token_features(self, indices: Tensor) -> Tensor:
+        """Dequantized unit code vectors (B, N, codebook_dim), e.g. for a linear probe."""
+        return self.quantizer.lookup(indices)
+
+
+class VFMTokenizer(Tokenizer):
+    """Tokens from a frozen backbone's multi-level features via anchor queries (the paper's model)."""
+
+    def __init__(self, cfg: TokenizerConfig, backbone: Any) -> None:
+        sem_shape = tuple(backbone.level_shapes[-1]) if cfg.semantic else None
+        super().__init__(cfg, sem_shape, int(backbone.level_channels[-1]))
+        self.level_channels = [int(c) for c in backbone.level_channels]
+        self.level_shapes = [tuple(int(v) for v in s) for s in backbone.level_shapes]
+        self.backbone = backbone  # a registered submodule when it is an nn.Module
+        self.encoder = AnchorEncoder(
+            self.level_channels, cfg.n_tokens, cfg.dim, cfg.enc_layers, cfg.n_heads, cfg.n_points,
+            cfg.enc_ffn_dim,
+        )  # fmt: skip
+        self.register_state_dict_post_hook(_drop_backbone_keys)
+        self.register_load_state_dict_pre_hook(_fill_backbone_keys)
+
+    def _check_levels(self, levels: list[Tensor]) -> None:
+        got = [(int(lv.shape[1]), tuple(lv.shape[-2:])) for lv in levels]
+        want = list(zip(self.level_channels, self.level_shapes, strict=True))
+        if got != want or any(lv.ndim != 4 for lv in levels):
+            raise ValueError(f"levels (C, (H, W)) {got} do not match the backbone's {want}")
+
+    def _latents(self, images: Tensor | None, levels: list[Tensor] | None) -> tuple[Tensor, Tensor | None]:
+        if levels is None:
+            if images is None:
+                raise ValueError("vfmtok needs images or cached backbone levels")
+            if not isinstance(self.backbone, nn.Module):
+                raise RuntimeError("no runnable backbone: pass cached levels")
+            levels = self.backbone(images).levels
+        self._check_levels(levels)
+        return self.encoder(levels), levels[-1]
+
+
+class VQGANTokenizer(Tokenizer):
+    """Pixel-only baseline: conv encoder on the image, same quantizer and decoder, no semantics."""
+
+    def __init__(self, cfg: TokenizerConfig) -> None:
+        super().__init__(cfg, None, 0)
+        self.encoder = VQGANEncoder(cfg.vqgan_ch, cfg.vqgan_mult, cfg.conv_res_blocks, cfg.dim)
+
+    def _latents(self, images: Tensor | None, levels: list[Tensor] | None) -> tuple[Tensor, Tensor | None]:
+        if images is None:
+            raise ValueError("the vqgan tokenizer encodes images; got images=None")
+        size = self.cfg.image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
+            raise ValueError(f"expected images (B, 3, {size}, {size}), got {tuple(images.shape)}")
+        return self.encoder(images), None
+
+
+def _drop_backbone_keys(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
+    """state_dict post-hook: the frozen backbone is not part of the tokenizer's checkpoint."""
+    for key in [k for k in state_dict if k.startswith(prefix + "backbone.")]:
+        del state_dict[key]
+
+
+def _fill_backbone_keys(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """load_state_dict pre-hook: keep the live backbone's tensors, so strict loading of a checkpoint
+    without "backbone.*" keys works (and one with them still loads them)."""
+    backbone = getattr(module, "backbone", None)
+    if isinstance(backbone, nn.Module):
+        for key, value in backbone.state_dict().items():
+            state_dict.setdefault(f"{prefix}backbone.{key}", value)
+
+
+def build_tokenizer(cfg: TokenizerConfig, backbone: Any = None) -> Tokenizer:
+    """Build the tokenizer ``cfg`` describes. vfmtok needs ``backbone`` (a FrozenBackbone, or any
+    object with ``level_channels``, ``level_shapes`` and ``image_size``); vqgan ignores it."""
+    cfg.check()
+    if cfg.kind == "vqgan":
+        return VQGANTokenizer(cfg)
+    if backbone is None:
+        raise ValueError("a vfmtok tokenizer needs the frozen backbone (its levels are the input)")
+    if int(backbone.image_size) != cfg.image_size:
+        raise ValueError(
+            f"tokenizer image_size {cfg.image_size} != backbone image_size {backbone.image_size}"
+        )
+    return VFMTokenizer(cfg, backbone)
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters that the optimizer should see (the frozen backbone's are excluded)."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def num_params(model: nn.Module, trainable_only: bool = True) -> int:
+    params = trainable_parameters(model) if trainable_only else list(model.parameters())
+    return sum(p.numel() for p in params)
