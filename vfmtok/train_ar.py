@@ -1,6 +1,11 @@
 """The generator's training loop (LlamaGen recipe): AdamW (0.9, 0.95) with weight decay on
 matrices only, warmup then constant lr, grad clipping, bf16 autocast on CUDA, periodic val loss,
 and exact resume from checkpoints (same scheme as the tokenizer's, see ``vfmtok.training``).
+
+Under torchrun (see ``vfmtok.distributed``) the same loop runs data-parallel: ``batch_size`` is the
+global batch, ``data.batch(step)`` returns this rank's share of it, the model is wrapped in DDP or
+sharded with FSDP2 (``parallel``), losses are averaged over ranks, and only rank 0 logs and writes
+checkpoints, which stay in the single-process format.
 """
 
 from __future__ import annotations
@@ -8,20 +13,19 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor, nn
 
+from vfmtok import distributed as D
 from vfmtok.runtime import autocast
 from vfmtok.training import (
     CHECKPOINT_NAME,
     config_hash,
     load_checkpoint,
-    rng_state,
     save_checkpoint,
     set_lr,
-    set_rng_state,
     warmup_constant,
 )  # fmt: skip
 
@@ -29,7 +33,7 @@ from vfmtok.training import (
 @dataclass
 class ARTrainConfig:
     steps: int = field(metadata={"min": 1})
-    batch_size: int = field(metadata={"min": 1})
+    batch_size: int = field(metadata={"min": 1})  # global: each torchrun rank takes batch_size / world
     lr: float = field(metadata={"min": 0.0})
     warmup_steps: int = field(default=0, metadata={"min": 0})
     weight_decay: float = field(default=0.05, metadata={"min": 0.0})
@@ -37,11 +41,16 @@ class ARTrainConfig:
     checkpoint_every: int = field(default=100, metadata={"min": 1})
     val_every: int = field(default=50, metadata={"min": 1})
     seed: int = 0
+    # Under torchrun: "auto" shards with FSDP2 from vfmtok.distributed.FSDP_MIN_PARAMS parameters
+    # (GPT-XL and larger), DDP below. Ignored by a single process.
+    parallel: Literal["auto", "ddp", "fsdp"] = "auto"
+    compile: bool = False  # torch.compile the forward (opt-in: compile time vs. step time)
 
 
 class TokenBatches(Protocol):
     def batch(self, step: int) -> tuple[Tensor, Tensor]:
-        """Tokens (B, N) long and labels (B,) long of training step ``step`` (a pure function)."""
+        """Tokens (B, N) long and labels (B,) long of training step ``step`` (a pure function);
+        under torchrun, this rank's B = batch_size / world rows of the step's global batch."""
         ...
 
 
@@ -79,44 +88,66 @@ def train_ar(
 ) -> int:
     """Train ``model`` to ``cfg.steps``, resuming from ``checkpoint_dir``; returns the steps run.
 
-    ``step_fn(model, tokens, labels) -> loss`` lets a distributed wrapper run the forward.
+    ``step_fn(runner, tokens, labels) -> loss`` replaces the forward (``runner`` is the DDP/FSDP/
+    compiled module). Under torchrun ``model`` is trained in place (FSDP2 leaves it sharded: use
+    ``vfmtok.distributed.model_state`` to get its weights) and ``on_log`` runs on rank 0 only.
     """
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME
     chash = config_hash(run_config if run_config is not None else asdict(cfg))
-    opt = optimizer(model, cfg)
     start = 0
     state = load_checkpoint(ckpt_path, chash)
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
+        model.load_state_dict(state["model"])  # full weights, before any sharding
         start = int(state["step"])
+    elif D.world() > 1:
+        torch.manual_seed(D.rank_seed(cfg.seed))  # dropout masks differ between ranks
+    runner = D.maybe_compile(D.wrap(model, device, cfg.parallel), cfg.compile)
+    opt = optimizer(model, cfg)  # after wrapping: FSDP2 swaps in sharded parameters
+    if state is not None:
+        D.load_optimizer_state(model, opt, state["optimizer"])
+        D.restore_rng(state, cfg.seed)
     del state
 
-    def forward(tokens: Tensor, labels: Tensor) -> Tensor:
-        return model(tokens, labels, targets=tokens)[1]
+    def forward(m: nn.Module, tokens: Tensor, labels: Tensor) -> Tensor:
+        return m(tokens, labels, targets=tokens)[1]
 
-    step_fn = step_fn or (lambda m, t, y: forward(t, y))
+    step_fn = step_fn or forward
     model.train()
     for step in range(start, cfg.steps):
         set_lr(opt, cfg.lr * warmup_constant(step, cfg.warmup_steps))
         tokens, labels = data.batch(step)
+        if len(tokens) * D.world() != cfg.batch_size:
+            raise ValueError(f"step {step}: {len(tokens)} rows x {D.world()} ranks != the global "
+                             f"batch_size {cfg.batch_size} (give each rank batch_size / world rows)")
         tokens, labels = tokens.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast(device):
-            loss = step_fn(model, tokens, labels)
+            loss = step_fn(runner, tokens, labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
 
-        logs = {"loss": loss.item(), "lr": opt.param_groups[0]["lr"]}
+        logs = D.mean_logs({"loss": loss.item()})
+        logs["lr"] = opt.param_groups[0]["lr"]
         done = step + 1
         if val_batches is not None and (done % cfg.val_every == 0 or done == cfg.steps):
-            logs["val_loss"] = val_loss(model, val_batches(), device)
-        on_log(step, logs)
+            logs["val_loss"] = val_loss(model, val_batches(), device)  # every rank: FSDP gathers
+        if D.is_main():
+            on_log(step, logs)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            save_checkpoint(ckpt_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                        "rng": rng_state(), "step": done, "config_hash": chash})
+            _save(ckpt_path, model, opt, done, chash)
     model.eval()
     return max(0, cfg.steps - start)
+
+
+def _save(path: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int, chash: str) -> None:
+    """Gather (every rank) and write (rank 0) a single-process-format checkpoint."""
+    ckpt = {"model": D.model_state(model), "optimizer": D.optimizer_state(model, opt)}
+    rngs = D.gather_rng()
+    if D.is_main():
+        ckpt.update(rng=rngs[0], step=step, config_hash=chash)
+        if len(rngs) > 1:
+            ckpt["rng_ranks"] = rngs
+        save_checkpoint(path, ckpt)
+    D.barrier()

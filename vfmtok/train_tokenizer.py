@@ -3,6 +3,12 @@ weights, bf16 autocast on CUDA, an optional GAN discriminator, and exact resume 
 
 The loop knows nothing of files besides its checkpoint: data comes from a :class:`TrainData`
 (cached backbone features or images through the backbone) and each step's losses go to ``on_log``.
+
+Under torchrun (see ``vfmtok.distributed``) it runs with DDP: ``batch_size`` is the global batch,
+each rank loads its contiguous share of the step's indices, the discriminator heads' gradients are
+averaged by hand, logged values are averaged over ranks (codebook usage and perplexity: the mean of
+per-rank values), and rank 0 alone logs and writes checkpoints (single-process format). Without
+augmentation the W-process run matches the one-process run; augmentation draws differ per rank.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from vfmtok import distributed as D
 from vfmtok.losses import LossConfig, TokenizerLoss
 from vfmtok.runtime import autocast
 from vfmtok.tokenizer import Tokenizer
@@ -24,10 +31,8 @@ from vfmtok.training import (
     StepSampler,
     config_hash,
     load_checkpoint,
-    rng_state,
     save_checkpoint,
     set_lr,
-    set_rng_state,
     step_generator,
     warmup_constant,
 )  # fmt: skip
@@ -36,7 +41,7 @@ from vfmtok.training import (
 @dataclass
 class TokenizerTrainConfig:
     steps: int = field(metadata={"min": 1})
-    batch_size: int = field(metadata={"min": 1})
+    batch_size: int = field(metadata={"min": 1})  # global: each torchrun rank takes batch_size / world
     lr: float = field(metadata={"min": 0.0})
     warmup_steps: int = field(default=0, metadata={"min": 0})
     grad_clip: float = field(default=1.0, metadata={"min": 0.0})  # 0 = off
@@ -44,6 +49,7 @@ class TokenizerTrainConfig:
     checkpoint_every: int = field(default=100, metadata={"min": 1})
     seed: int = 0
     augment: bool = False  # flip + random crop; then features come from the backbone, not the cache
+    compile: bool = False  # torch.compile the tokenizer's forward (opt-in)
     loss: LossConfig = field(default_factory=LossConfig)
 
 
@@ -74,9 +80,12 @@ def train_tokenizer(
     run_config: dict | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``cfg.steps`` steps, resuming from ``checkpoint_dir`` when it holds a
-    checkpoint of the same ``run_config`` (model + training config)."""
+    checkpoint of the same ``run_config`` (model + training config). Under torchrun ``on_log``
+    runs on rank 0 only."""
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME
     chash = config_hash(run_config if run_config is not None else asdict(cfg))
+    rank, world = D.rank(), D.world()
+    local_batch = D.per_rank_batch(cfg.batch_size, world)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.95))
     gan = loss_fn.discriminator is not None and cfg.loss.gan_weight > 0
@@ -93,18 +102,22 @@ def train_tokenizer(
         if opt_d is not None:
             loss_fn.discriminator.load_state_dict(state["discriminator"])
             opt_d.load_state_dict(state["optimizer_d"])
-        set_rng_state(state["rng"])
+        D.restore_rng(state, cfg.seed)
         start = int(state["step"])
+    elif world > 1:
+        torch.manual_seed(D.rank_seed(cfg.seed))
+    runner = D.maybe_compile(D.wrap(model, device, "ddp"), cfg.compile)  # 73M at paper scale: DDP
 
     sampler = StepSampler(len(data), cfg.batch_size, cfg.seed)
     model.train()
     for step in range(start, cfg.steps):
         set_lr(opt, cfg.lr * warmup_constant(step, cfg.warmup_steps))
-        images, levels = data.batch(sampler.indices(step), step_generator(cfg.seed, step))
+        indices = sampler.indices(step)[rank * local_batch:(rank + 1) * local_batch]
+        images, levels = data.batch(indices, step_generator(D.rank_seed(cfg.seed, rank), step))
         images = images.to(device, non_blocking=True)
         levels = None if levels is None else [lv.to(device, non_blocking=True).float() for lv in levels]
         with autocast(device):
-            out = model(images, levels)
+            out = runner(images, levels)
             g = loss_fn.generator_losses(images, out.recon, step, image_levels=levels)
             semantic = cfg.loss.semantic_weight * out.semantic_loss
             total = sum(g.values()) + out.vq.loss + semantic
@@ -117,26 +130,40 @@ def train_tokenizer(
         logs = {k: v.item() for k, v in g.items()}
         logs.update(total=total.item(), semantic=out.semantic_loss.item(),
                     codebook=out.vq.codebook_loss.item(), commit=out.vq.commit_loss.item(),
-                    usage=float(out.vq.usage), perplexity=float(out.vq.perplexity),
-                    lr=opt.param_groups[0]["lr"])  # fmt: skip
+                    usage=float(out.vq.usage), perplexity=float(out.vq.perplexity))  # fmt: skip
         if opt_d is not None:
             with autocast(device):
                 d_loss = loss_fn.discriminator_loss(images, out.recon.detach(), step, image_levels=levels)
-            if d_loss is not None:
+            if d_loss is not None:  # same on every rank: gan_start is a step number
                 opt_d.zero_grad(set_to_none=True)
                 d_loss.backward()
+                D.average_gradients(d_params)
                 _clip(d_params, cfg.grad_clip)
                 opt_d.step()
                 logs["disc"] = d_loss.item()
-        on_log(step, logs)
+        logs = D.mean_logs(logs)
+        logs["lr"] = opt.param_groups[0]["lr"]
+        if D.is_main():
+            on_log(step, logs)
 
         done = step + 1
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            save_checkpoint(ckpt_path, {
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "ema": ema.state_dict(),
-                "discriminator": loss_fn.discriminator.state_dict() if opt_d else {},
-                "optimizer_d": opt_d.state_dict() if opt_d else {},
-                "rng": rng_state(), "step": done, "config_hash": chash,
-            })  # fmt: skip
+            _save(ckpt_path, model, opt, ema, loss_fn if opt_d else None, opt_d, done, chash)
     model.eval()
     return TrainResult(ema=ema, steps_run=max(0, cfg.steps - start), resumed_from=start)
+
+
+def _save(path: Path, model: Tokenizer, opt: torch.optim.Optimizer, ema: EMA,
+          loss_fn: TokenizerLoss | None, opt_d: torch.optim.Optimizer | None, step: int,
+          chash: str) -> None:
+    """Every rank holds the same (DDP) weights: rank 0 writes them, with every rank's RNG."""
+    rngs = D.gather_rng()
+    if D.is_main():
+        save_checkpoint(path, {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "ema": ema.state_dict(),
+            "discriminator": loss_fn.discriminator.state_dict() if loss_fn is not None else {},
+            "optimizer_d": opt_d.state_dict() if opt_d is not None else {},
+            "rng": rngs[0], "step": step, "config_hash": chash,
+            **({"rng_ranks": rngs} if len(rngs) > 1 else {}),
+        })  # fmt: skip
+    D.barrier()

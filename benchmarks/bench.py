@@ -1,0 +1,420 @@
+"""How fast each part runs, for the demo profile and a paper-size one.
+
+    python benchmarks/bench.py --out reports/benchmarks/cpu          # -> cpu.json + cpu.md
+    python benchmarks/bench.py --suite gpu --out reports/benchmarks/gpu-...   # what gpu.sh runs
+
+Per profile: tokenizer encode (backbone included) vs. the backbone's own forward, decode, and one
+training step (images/s); GPT training (tokens/s, and MFU on CUDA); class-conditional sampling of
+256 tokens with and without the KV cache (images/s); Parquet token-file writing (MB/s, bytes per
+token). Every model has random weights: speed does not depend on their values, and nothing is
+downloaded (the paper-size backbone is timm's DINOv2-L/14-reg4 at random init, as the weights
+file may be absent).
+
+MFU = achieved FLOP/s / the GPU's dense bf16 peak, with the PaLM (appendix B) count of training
+FLOPs per token: 6 * N + 12 * n_layer * dim * T, N = parameters outside the embedding tables
+(the output head included), T = 256 tokens.
+
+On a CPU the paper-size figures use batch 1 and one timed iteration, and sampling the paper GPT is
+estimated from a few decoding steps (cached: the per-step time x 256; uncached: the sum over the
+256 prefix lengths of a line fitted to measured full-prefix forwards). The output says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+# Idle OpenMP threads sleep instead of spinning: on a shared CPU spinning threads starve each other
+# (10x slower small ops measured on a busy 2-core machine); set before torch loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from pipeline.params import Params, load_params  # noqa: E402
+from pipeline.tokens import TokenWriter  # noqa: E402
+from vfmtok.backbones import build_backbone  # noqa: E402
+from vfmtok.generate import generate  # noqa: E402
+from vfmtok.gpt import GPT, build_gpt  # noqa: E402
+from vfmtok.losses import TokenizerLoss  # noqa: E402
+from vfmtok.runtime import autocast, pick_device  # noqa: E402
+from vfmtok.tokenizer import build_tokenizer  # noqa: E402
+from vfmtok.train_ar import ARTrainConfig, optimizer  # noqa: E402
+
+SAMPLE_TOKENS = 256
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
+
+
+@dataclass
+class Case:
+    """One profile's sizes on this device."""
+
+    name: str
+    params: Params
+    tok_batch: int
+    ar_models: list[str]  # GPTs to time training for (the last one also compiled with --compile)
+    ar_batch: int
+    sample_model: str
+    sample_batches: list[int]
+    warmup: int
+    iters: int
+    sample_steps: int | None  # None: time the whole 256-token draw; k: estimate from k steps
+    parquet_rows: int
+    notes: list[str]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> float:
+    """Seconds per call of ``fn`` (mean over ``iters`` after ``warmup`` untimed calls)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / iters
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+def paper_backbone_config(params: Params):
+    """The profile's backbone at random init (no weights file needed)."""
+    bb = params.backbone
+    if bb.kind == "timm_vit":
+        bb = dataclasses.replace(bb, weights="random", allow_random_init=True)
+    return bb
+
+
+def bench_tokenizer(case: Case, device: torch.device) -> dict:
+    p = case.params
+    torch.manual_seed(0)
+    backbone = build_backbone(paper_backbone_config(p)).to(device)
+    tok = build_tokenizer(p.tokenizer, backbone).to(device)
+    b, size = case.tok_batch, p.tokenizer.image_size
+    images = torch.rand(b, 3, size, size, device=device) * 2 - 1
+    ids = torch.randint(0, p.tokenizer.codebook_size, (b, p.tokenizer.n_tokens), device=device)
+    w, n = case.warmup, case.iters
+    out: dict[str, float] = {}
+    with torch.no_grad(), autocast(device):
+        tok.eval()
+        out["backbone_forward_img_s"] = b / timed(lambda: backbone(images), device, w, n)
+        out["encode_img_s"] = b / timed(lambda: tok.encode(images), device, w, n)
+        out["decode_img_s"] = b / timed(lambda: tok.decode(ids), device, w, n)
+    out["encode_vs_backbone"] = out["encode_img_s"] / out["backbone_forward_img_s"]
+    out["train_step_img_s"] = b / timed(tokenizer_step(case, tok, backbone, images), device, w, max(1, n))
+    out["batch"] = b
+    return out
+
+
+def tokenizer_step(case: Case, tok, backbone, images: torch.Tensor) -> Callable[[], None]:
+    """One step as ``vfmtok.train_tokenizer`` takes it (before the GAN starts)."""
+    p, device = case.params, images.device
+    loss_cfg = p.train_tokenizer.loss
+    if loss_cfg.perceptual == "lpips":  # needs local VGG/LPIPS files
+        loss_cfg = dataclasses.replace(loss_cfg, perceptual="none")
+        case.notes.append(f"{case.name}: tokenizer step without the LPIPS term (needs local VGG weights)")
+    loss_fn = TokenizerLoss(loss_cfg, backbone).to(device)
+    params = [q for q in tok.parameters() if q.requires_grad]
+    opt = torch.optim.Adam(params, lr=1e-4, betas=(0.9, 0.95))
+    cached = None
+    if not p.train_tokenizer.augment:  # the demo trains on cached backbone levels
+        with torch.no_grad():
+            cached = [lv.float() for lv in backbone(images).levels]
+    tok.train()
+
+    def step() -> None:
+        with autocast(device):
+            out = tok(images, cached)
+            g = loss_fn.generator_losses(images, out.recon, 0, image_levels=cached)
+            total = sum(g.values()) + out.vq.loss + loss_cfg.semantic_weight * out.semantic_loss
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+
+    return step
+
+
+# ----------------------------------------------------------------------------- GPT
+
+
+def gpt_for(p: Params, name: str, n_tokens: int | None = None) -> GPT:
+    num_classes = 10 if p.prepare.source == "fashion_mnist" else 1000
+    return build_gpt(name, vocab_size=p.tokenizer.codebook_size, n_tokens=n_tokens or p.tokenizer.n_tokens,
+                     num_classes=num_classes)
+
+
+def train_flops_per_token(model: GPT, seq: int) -> float:
+    """PaLM: 6 N (N without embedding tables) + 12 L d T (attention scores and mixing)."""
+    embed = model.tok_embeddings.weight.numel() + model.cls_embedding.table.weight.numel()
+    n = sum(q.numel() for q in model.parameters()) - embed
+    cfg = model.config
+    return 6 * n + 12 * cfg.n_layer * cfg.dim * seq
+
+
+def peak_flops(device: torch.device, override_tflops: float | None) -> float | None:
+    if override_tflops:
+        return override_tflops * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+def bench_ar(case: Case, name: str, device: torch.device, peak: float | None, compile_: bool) -> dict:
+    p = case.params
+    torch.manual_seed(0)
+    model = gpt_for(p, name).to(device).train()
+    b, t = case.ar_batch, p.tokenizer.n_tokens
+    tokens = torch.randint(0, p.tokenizer.codebook_size, (b, t), device=device)
+    labels = torch.randint(0, 10, (b,), device=device)
+    opt = optimizer(model, ARTrainConfig(steps=1, batch_size=b, lr=1e-4))
+    runner = torch.compile(model) if compile_ else model
+
+    def step() -> None:
+        with autocast(device):
+            loss = runner(tokens, labels, targets=tokens)[1]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    warmup = case.warmup + (2 if compile_ else 0)
+    sec = timed(step, device, warmup, case.iters)
+    out = {"model": name, "batch": b, "tokens_per_step": b * t, "tokens_s": b * t / sec,
+           "params_m": round(sum(q.numel() for q in model.parameters()) / 1e6, 1), "compile": compile_}
+    flops = train_flops_per_token(model, t)
+    out["tflops_s"] = out["tokens_s"] * flops / 1e12
+    if peak:
+        out["mfu"] = out["tokens_s"] * flops / peak
+    return out
+
+
+@torch.no_grad()
+def estimate_sampling(model: GPT, labels: torch.Tensor, steps: int,
+                      device: torch.device) -> tuple[float, float]:
+    """Seconds per 256-token draw (cached, uncached) from a few steps (see the module docstring)."""
+    n = SAMPLE_TOKENS
+    model.setup_caches(len(labels), n, model.output.weight.dtype, device)
+    pos = torch.arange(n, device=device)
+    tok = torch.zeros(len(labels), 1, dtype=torch.long, device=device)
+    sync(device)
+    start = time.perf_counter()
+    model.forward_step(pos[:1], labels=labels)
+    for t in range(1, steps + 1):
+        model.forward_step(pos[t:t + 1], idx=tok)
+    sync(device)
+    cached = (time.perf_counter() - start) / (steps + 1) * n
+    model.clear_caches()
+    lengths, secs = [1, n // 2, n - 1], []
+    for length in lengths:  # forward_prefix over a prefix of `length` tokens (sequence length + 1)
+        prefix = torch.zeros(len(labels), length, dtype=torch.long, device=device)
+        secs.append(timed(lambda prefix=prefix: model.forward_prefix(labels, prefix), device, 0, 1))
+    slope, intercept = np.polyfit(lengths, secs, 1)
+    uncached = float(sum(intercept + slope * t for t in range(n)))
+    return cached, uncached
+
+
+def bench_sampling(case: Case, device: torch.device) -> list[dict]:
+    torch.manual_seed(0)
+    model = gpt_for(case.params, case.sample_model, SAMPLE_TOKENS).to(device).eval()
+    torch.nn.init.normal_(model.output.weight, std=0.02)  # a zero head would make every draw alike
+    rows = []
+    for b in case.sample_batches:
+        labels = torch.randint(0, 10, (b,), device=device)
+        with autocast(device):
+            if case.sample_steps is None:
+                def draw(cache: bool, labels=labels) -> None:
+                    generate(model, labels, SAMPLE_TOKENS, use_kv_cache=cache)
+
+                cached = timed(lambda: draw(True), device, min(case.warmup, 1), 1)
+                uncached = timed(lambda: draw(False), device, 0, 1)
+            else:
+                cached, uncached = estimate_sampling(model, labels, case.sample_steps, device)
+        rows.append({"model": case.sample_model, "batch": b, "tokens": SAMPLE_TOKENS,
+                     "kv_cache_img_s": b / cached, "no_cache_img_s": b / uncached,
+                     "speedup": uncached / cached, "estimated": case.sample_steps is not None})
+    return rows
+
+
+# ----------------------------------------------------------------------------- Parquet
+
+
+def bench_parquet(case: Case) -> dict:
+    """Uniform random ids (the hardest case for zstd); payload = rows x tokens x id bytes."""
+    p = case.params.tokenizer
+    rows, n = case.parquet_rows, p.n_tokens
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, p.codebook_size, (rows, n))
+    labels = rng.integers(0, 1000, rows)
+    ids = [f"img{i:08d}" for i in range(rows)]
+    id_bytes = 2 if p.codebook_size <= 65536 else 4
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "train.parquet"
+        start = time.perf_counter()
+        w = TokenWriter(path, p.codebook_size, {"n_tokens": n}, 8192)
+        for i in range(0, rows, 4096):
+            w.write(ids[i:i + 4096], "train", labels[i:i + 4096], tokens[i:i + 4096], False)
+        w.close()
+        sec = time.perf_counter() - start
+        size = path.stat().st_size
+    return {"rows": rows, "rows_s": rows / sec, "payload_mb_s": rows * n * id_bytes / sec / 1e6,
+            "file_mb_s": size / sec / 1e6, "bytes_per_token": size / (rows * n)}
+
+
+# ----------------------------------------------------------------------------- cases and report
+
+
+def cases(suite: str, device: torch.device) -> list[Case]:
+    demo = load_params(ROOT / "params" / "demo.yaml", check_paths=False)
+    paper = load_params(ROOT / "params" / "imagenet.yaml", check_paths=False)
+    gpu = device.type == "cuda"
+    if suite == "gpu":
+        return [Case("paper", paper, 32, ["GPT-B", "GPT-L"], 64, paper.ar_model.model, [64, 256], 3, 10,
+                     None, 200_000, ["paper: random-init DINOv2-L at 336 px, bf16 autocast"])]
+    out = [Case("demo", demo, 32 if gpu else 16, [demo.ar_model.model], demo.train_ar.batch_size,
+                demo.ar_model.model, [demo.sample.speed_batch], 2 if gpu else 1, 10 if gpu else 3, None,
+                50_000, [])]
+    if gpu:
+        out.append(Case("paper", paper, 32, [paper.ar_model.model], 32, paper.ar_model.model, [64], 3, 10,
+                        None, 200_000, ["paper: random-init DINOv2-L at 336 px, bf16 autocast"]))
+    else:
+        out.append(Case("paper", paper, 1, ["GPT-B"], 1, "GPT-B", [1], 0, 2, 4, 50_000, [
+            "paper on CPU: batch 1, two timed iterations, random-init DINOv2-L at 336 px",
+            "paper on CPU: GPT-B (the paper's smallest generator) instead of the profile's GPT-L, for time; "
+            "sampling estimated from 4 decoding steps",
+        ]))
+    return out
+
+
+def run(suite: str, device: torch.device, peak_tflops: float | None, compile_: bool) -> dict:
+    peak = peak_flops(device, peak_tflops)
+    report = {"date": time.strftime("%Y-%m-%d %H:%M"), "device": device_name(device), "suite": suite,
+              "cuda": device.type == "cuda",
+              "torch": torch.__version__, "threads": torch.get_num_threads(), "profiles": {}}
+    for case in cases(suite, device):
+        t0 = time.perf_counter()
+        res = {"tokenizer": bench_tokenizer(case, device)}
+        res["ar_train"] = [bench_ar(case, m, device, peak, False) for m in case.ar_models]
+        if compile_:
+            res["ar_train"].append(bench_ar(case, case.ar_models[-1], device, peak, True))
+        res["sampling"] = bench_sampling(case, device)
+        res["parquet"] = bench_parquet(case)
+        res["notes"], res["seconds"] = case.notes, round(time.perf_counter() - t0, 1)
+        report["profiles"][case.name] = res
+        print(f"[{case.name}] done in {res['seconds']} s", flush=True)
+    return report
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        lines = info.read_text().splitlines()
+        names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return f"{cpu} ({os.cpu_count()} CPUs), {torch.get_num_threads()} torch threads"
+
+
+def goals(report: dict) -> list[str]:
+    """Where the issue's GPU goals stand in this report (they are set for a GPU, e.g. an H200)."""
+    out = []
+    for name, r in report["profiles"].items():
+        mfus = [a["mfu"] for a in r["ar_train"] if a["model"] == "GPT-L" and "mfu" in a]
+        if mfus:
+            out.append(f"{name}: GPT-L bf16 training MFU {100 * max(mfus):.1f}% (goal >= 40%): "
+                       f"{'met' if max(mfus) >= 0.4 else 'not met'}")
+        for smp in r["sampling"]:
+            out.append(f"{name}: KV cache {smp['speedup']:.1f}x faster than re-running the prefix, batch "
+                       f"{smp['batch']} (goal >= 10x): {'met' if smp['speedup'] >= 10 else 'not met'}")
+        ratio = r["tokenizer"]["encode_vs_backbone"]
+        out.append(f"{name}: encode at {100 * ratio:.0f}% of the backbone's forward (goal >= 80% on a GPU): "
+                   f"{'met' if ratio >= 0.8 else 'not met'}")
+    return out
+
+
+def markdown(report: dict) -> str:
+    def f(v: float | None, d: int = 1) -> str:
+        return "-" if v is None else f"{v:,.{d}f}"
+
+    lines = [f"Benchmarks: {report['device']}, torch {report['torch']}, {report['date']}", "",
+             "| profile | figure | value |", "|---|---|---|"]
+    for name, r in report["profiles"].items():
+        t = r["tokenizer"]
+        rows = [
+            (f"backbone forward (batch {t['batch']})", f"{f(t['backbone_forward_img_s'], 2)} img/s"),
+            ("tokenizer encode (backbone included)", f"{f(t['encode_img_s'], 2)} img/s "
+                                                      f"({100 * t['encode_vs_backbone']:.0f}% of backbone)"),
+            ("tokenizer decode", f"{f(t['decode_img_s'], 2)} img/s"),
+            ("tokenizer train step", f"{f(t['train_step_img_s'], 2)} img/s"),
+        ]
+        for a in r["ar_train"]:
+            mfu = f", MFU {100 * a['mfu']:.1f}%" if "mfu" in a else ""
+            rows.append((f"{a['model']} train (batch {a['batch']}{', compiled' if a['compile'] else ''})",
+                         f"{f(a['tokens_s'], 0)} tokens/s ({f(a['tflops_s'], 2)} TFLOP/s{mfu})"))
+        for s in r["sampling"]:
+            est = " (est.)" if s["estimated"] else ""
+            rows.append((f"{s['model']} sampling 256 tokens, batch {s['batch']}{est}",
+                         f"KV cache {f(s['kv_cache_img_s'], 2)} img/s, without {f(s['no_cache_img_s'], 3)} "
+                         f"img/s ({f(s['speedup'])}x)"))
+        pq = r["parquet"]
+        rows.append(("Parquet token write", f"{f(pq['payload_mb_s'])} MB/s of ids "
+                     f"({f(pq['rows_s'], 0)} rows/s), {pq['bytes_per_token']:.3f} bytes/token on disk"))
+        lines += [f"| {name} | {k} | {v} |" for k, v in rows]
+    lines += ["", f"Goals ({'this GPU' if report['cuda'] else 'set for a GPU; this run is on a CPU'}):",
+              *[f"- {g}" for g in goals(report)]]
+    notes = [n for r in report["profiles"].values() for n in r["notes"]]
+    if notes:
+        lines += ["", *[f"- {n}" for n in dict.fromkeys(notes)]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="output path stem: writes STEM.json and STEM.md")
+    ap.add_argument("--suite", choices=["default", "gpu"], default="default",
+                    help="default: demo + paper-size; gpu: the paper-size GPU figures of gpu.sh")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="bf16 peak for MFU (default: looked up by GPU name)")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
+    ap.add_argument("--compile", action="store_true", help="also time GPT training under torch.compile")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    device = pick_device(args.device)
+    report = run(args.suite, device, args.peak_tflops, args.compile)
+    report["wall_seconds"] = round(time.perf_counter() - start, 1)
+    stem = Path(args.out)
+    stem = stem.with_suffix("") if stem.suffix in (".json", ".md") else stem
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    md = markdown(report) + f"\nWall time {report['wall_seconds']} s.\n"
+    stem.with_suffix(".md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# On a CUDA machine, in under 8 minutes: the CUDA-marked tests, then the paper-size GPU benchmarks
+# (tokenizer train step with a random-init DINOv2-L at 336 px in bf16, GPT-B and GPT-L training
+# MFU (GPT-L also under torch.compile), KV-cache vs. full-prefix sampling of 256 tokens at batch
+# 64 and 256). Figures go to reports/benchmarks/<date>-<gpu>.{json,md}, the test log beside them.
+#
+#   bash benchmarks/gpu.sh            # PYTHON=/path/to/python to pick the interpreter
+#
+# Exit status: 0 when the tests passed and the benchmarks ran; 3 without a CUDA device.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-}
+if [[ -z "$PY" ]]; then
+  if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+export HF_HUB_OFFLINE=1
+
+if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "gpu.sh: no CUDA device visible to $PY; nothing to do" >&2
+  exit 3
+fi
+gpu=$("$PY" -c "import torch; print(torch.cuda.get_device_name(0))")
+slug=$(echo "$gpu" | tr '[:upper:]' '[:lower:]' | tr -cs 'a-z0-9' '-' | sed 's/-*$//')
+stem="reports/benchmarks/$(date +%Y-%m-%d)-${slug}"
+mkdir -p reports/benchmarks
+echo "gpu.sh: $gpu -> ${stem}.{json,md}"
+start=$SECONDS
+
+# 1. CUDA-marked tests (about a minute; the limit keeps the whole script under 8 minutes).
+timeout 200 "$PY" -m pytest -m cuda -q -p no:cacheprovider 2>&1 | tee "${stem}-pytest.txt"
+tests=${PIPESTATUS[0]}
+echo "gpu.sh: pytest -m cuda exit $tests after $((SECONDS - start)) s"
+
+# 2. Paper-size benchmarks.
+timeout 300 "$PY" benchmarks/bench.py --suite gpu --compile --out "$stem"
+bench=$?
+echo "gpu.sh: benchmarks exit $bench, total $((SECONDS - start)) s"
+
+if [[ $tests -ne 0 || $bench -ne 0 ]]; then exit 1; fi

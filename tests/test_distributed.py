@@ -1,0 +1,305 @@
+"""Data-parallel training: 2 processes on gloo (launched by torchrun) match 1 process on the same
+global batch, with DDP and FSDP2, and checkpoints move between 1- and 2-process runs.
+
+The 2-process half runs this file as a script under ``torchrun --standalone --nproc_per_node 2``
+(the real launcher and its environment variables); the 1-process references run in the pytest
+process meanwhile. Dropout is off so that both see the same computation, not just the same data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.token_stream import TokenStream
+from pipeline.tokens import TokenFile, TokenWriter
+from vfmtok import distributed as D
+from vfmtok.backbones import BackboneConfig, build_backbone
+from vfmtok.gpt import build_gpt
+from vfmtok.losses import LossConfig, TokenizerLoss
+from vfmtok.tokenizer import TokenizerConfig, build_tokenizer
+from vfmtok.train_ar import ARTrainConfig, train_ar
+from vfmtok.train_tokenizer import TokenizerTrainConfig, train_tokenizer
+from vfmtok.training import CHECKPOINT_NAME, load_checkpoint
+
+CPU = torch.device("cpu")
+GLOBAL_BATCH, WORLD = 8, 2
+AR_RUN = {"what": "tiny GPT, 4 steps"}  # same run_config for the 2- and 4-step runs: resumable
+TOKENIZER_FIELDS = {f.name for f in dataclasses.fields(TokenizerConfig)}
+
+
+# ----------------------------------------------------------------------------- shared setup
+
+
+def token_file(path: Path) -> TokenFile:
+    """40 rows in 5 row groups of 8: rank 0 streams groups 0, 2, 4 and rank 1 groups 1, 3."""
+    if not path.exists():
+        rng = np.random.default_rng(0)
+        w = TokenWriter(path, 64, {"n_tokens": 16}, 8)
+        w.write([str(i) for i in range(40)], "train", rng.integers(0, 4, 40),
+                rng.integers(0, 64, (40, 16)), False)
+        w.close()
+    return TokenFile(path)
+
+
+class GlobalStream:
+    """The global batch of the 2-rank run, for one process: rank 0's rows, then rank 1's."""
+
+    def __init__(self, file: TokenFile):
+        self.ranks = [TokenStream(file, GLOBAL_BATCH // WORLD, 0, r, WORLD) for r in range(WORLD)]
+
+    def batch(self, step):
+        parts = [s.batch(step) for s in self.ranks]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def ar_run(ckpt: Path, data, steps: int, parallel: str = "auto") -> tuple[list[float], torch.nn.Module]:
+    torch.manual_seed(0)
+    model = build_gpt("GPT-Tiny", vocab_size=64, n_tokens=16, num_classes=4, class_dropout=0.0,
+                      token_dropout=0.0, resid_dropout=0.0)
+    cfg = ARTrainConfig(steps=steps, batch_size=GLOBAL_BATCH, lr=1e-3, warmup_steps=1,
+                        checkpoint_every=2, parallel=parallel)
+    losses: list[float] = []
+    train_ar(model, data, cfg, ckpt, CPU, on_log=lambda s, logs: losses.append(logs["loss"]),
+             run_config=AR_RUN)
+    return losses, model
+
+
+class Images:
+    """16 in-memory images with their cached backbone levels (a TrainData)."""
+
+    def __init__(self, backbone):
+        self.x = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        self.levels = backbone(self.x).levels
+
+    def __len__(self):
+        return len(self.x)
+
+    def batch(self, idx, generator):
+        return self.x[idx], [lv[idx] for lv in self.levels]
+
+
+def tokenizer_run(ckpt: Path) -> tuple[list[dict], torch.nn.Module, TokenizerLoss, dict]:
+    """3 steps; returns the logs, the model, the loss and the discriminator's initial weights."""
+    torch.manual_seed(0)
+    backbone = build_backbone(BackboneConfig(kind="efficientnet_lite0", image_size=32, weights="random",
+                                             allow_random_init=True))
+    # BatchNorm statistics are per rank on CPU (torch's SyncBatchNorm is CUDA-only): off here.
+    no_bn = {"quant_batchnorm": False} if "quant_batchnorm" in TOKENIZER_FIELDS else {}
+    tcfg = TokenizerConfig(kind="vfmtok", image_size=32, n_tokens=4, dim=16, enc_layers=1, dec_layers=1,
+                           n_heads=2, n_points=2, enc_ffn_dim=32, dec_ffn_dim=32, codebook_size=32,
+                           codebook_dim=4, pixel_grid=4, n_registers=1, conv_ch=8, conv_mult=[1, 1, 2, 2],
+                           conv_res_blocks=1, **no_bn)
+    model = build_tokenizer(tcfg, backbone)
+    loss_cfg = LossConfig(gan_start=1, gan_weight=0.1)  # the GAN (hand-averaged D grads) from step 1
+    loss = TokenizerLoss(loss_cfg, backbone)
+    cfg = TokenizerTrainConfig(steps=3, batch_size=GLOBAL_BATCH, lr=1e-3, checkpoint_every=3,
+                               ema_decay=0.9, loss=loss_cfg)
+    logs: list[dict] = []
+    disc_init = {k: v.clone() for k, v in loss.state_dict().items()}
+    train_tokenizer(model, loss, Images(backbone), cfg, ckpt, CPU, on_log=lambda s, l: logs.append(l))
+    return logs, model, loss, disc_init
+
+
+# ----------------------------------------------------------------------------- the 2-process half
+
+
+def worker(out: Path) -> None:
+    """Runs on each of the 2 ranks under torchrun."""
+    device = D.init_from_env("cpu")
+    rank = D.rank()
+    assert D.world() == WORLD and device == CPU
+    f = token_file(out / "t.parquet")
+    stream = TokenStream(f, D.per_rank_batch(GLOBAL_BATCH), 0, rank, WORLD)
+    result = {"rank": rank}
+    result["ddp"], ddp_model = ar_run(out / "ar_ddp", stream, 4, "ddp")
+    result["ddp_is_sharded"] = D.is_sharded(ddp_model)
+    result["fsdp"], fsdp_model = ar_run(out / "ar_fsdp", stream, 4, "fsdp")
+    result["fsdp_is_sharded"] = D.is_sharded(fsdp_model)
+    ar_run(out / "ar_ddp_half", stream, 2, "ddp")  # resumed by one process in the test
+    result["resumed"], _ = ar_run(out / "ar_resume_fsdp", stream, 4, "fsdp")  # a 1-process ckpt
+    logs, model, loss, _ = tokenizer_run(out / "tok_ddp")
+    result.update(tokenizer=logs, tok_digest=digest(model.state_dict()),
+                  disc_digest=digest(loss.state_dict()))
+    (out / f"rank{rank}.json").write_text(json.dumps(result))
+    D.shutdown()
+
+
+def launch(out: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
+           __file__, str(out)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def assert_same_weights(a: dict, b: dict, atol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def digest(state: dict) -> str:
+    return hashlib.sha256(b"".join(v.numpy().tobytes() for v in state.values())).hexdigest()
+
+
+def weights(ckpt: Path) -> dict:
+    return load_checkpoint(ckpt / CHECKPOINT_NAME)["model"]
+
+
+# ----------------------------------------------------------------------------- the test
+
+
+@pytest.fixture
+def one_thread():
+    """The 2 ranks run meanwhile, one thread each: a third busy thread here would only contend."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_two_process_gloo_matches_one_process(tmp_path, one_thread):
+    f = token_file(tmp_path / "t.parquet")
+    ar_run(tmp_path / "ar_resume_fsdp", GlobalStream(f), 2)  # a 1-process checkpoint at step 2
+    proc = launch(tmp_path)
+    try:  # the 1-process references, while the 2 ranks run
+        ref_losses, ref_model = ar_run(tmp_path / "ar_ref", GlobalStream(f), 4)
+        ref_tok, _, _, disc_init = tokenizer_run(tmp_path / "tok_ref")
+        log, _ = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, log[-4000:]
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD))
+
+    # Same global batch -> same per-step (rank-averaged) loss, on both ranks, DDP and FSDP2 alike.
+    assert len(ref_losses) == 4 and len(set(ref_losses)) == 4  # it trains: every step differs
+    for key in ("ddp", "fsdp"):
+        np.testing.assert_allclose(r0[key], ref_losses, rtol=0, atol=1e-5, err_msg=key)
+    assert r1["ddp"] == r1["fsdp"] == []  # on_log runs on rank 0 only
+    assert (r0["ddp_is_sharded"], r0["fsdp_is_sharded"]) == (False, True)
+    ref_state = {k: v for k, v in ref_model.state_dict().items()}
+    for run in ("ar_ddp", "ar_fsdp"):  # rank 0's checkpoint: full, un-prefixed, same weights
+        assert_same_weights(weights(tmp_path / run), ref_state)
+
+    # Checkpoints cross over: 1 process -> 2 ranks with FSDP2 (optimizer state sharded on load) ...
+    np.testing.assert_allclose(r0["resumed"], ref_losses[2:], rtol=0, atol=1e-5)
+    assert_same_weights(weights(tmp_path / "ar_resume_fsdp"), ref_state)
+    # ... and 2 ranks (DDP, stopped at step 2) -> 1 process.
+    ckpt = load_checkpoint(tmp_path / "ar_ddp_half" / CHECKPOINT_NAME)
+    assert ckpt["step"] == 2 and len(ckpt["rng_ranks"]) == WORLD
+    resumed, model = ar_run(tmp_path / "ar_ddp_half", GlobalStream(f), 4)
+    np.testing.assert_allclose(resumed, ref_losses[2:], rtol=0, atol=1e-5)
+    assert_same_weights(model.state_dict(), ref_state)
+
+    # The tokenizer under DDP, with the GAN from step 1 (hand-averaged discriminator gradients).
+    # Steps 0-1 match in full. From step 2 the GAN term reads the discriminator after its first
+    # Adam step, which turns rounding-level gradients (conv biases ahead of GroupNorm) into moves of
+    # ~lr: that one term matches to 1e-4, every other term, and D's own loss, to 1e-5.
+    dist_logs = r0["tokenizer"]
+    for step, (got, want) in enumerate(zip(dist_logs, ref_tok, strict=True)):
+        for k in ("pixel", "perceptual", "semantic", "codebook", "commit", "disc"):
+            if k in want:
+                assert got[k] == pytest.approx(want[k], abs=1e-5), (step, k)
+        tol = 1e-5 if step < 2 else 1e-4
+        assert got["gan"] == pytest.approx(want["gan"], abs=tol) and got["total"] == pytest.approx(
+            want["total"], abs=tol), step
+    assert "disc" in dist_logs[1] and dist_logs[0]["gan"] == 0 and dist_logs[2]["gan"] != 0
+    assert (r0["tok_digest"], r0["disc_digest"]) == (r1["tok_digest"], r1["disc_digest"])  # in sync
+    tok = load_checkpoint(tmp_path / "tok_ddp" / CHECKPOINT_NAME)
+    assert digest(tok["model"]) == r0["tok_digest"] and tok["step"] == 3
+    assert digest(tok["discriminator"]) == r0["disc_digest"] != digest(disc_init)  # D trained
+
+
+def test_single_process_helpers():
+    assert (D.rank(), D.world(), D.is_main()) == (0, 1, True)
+    assert D.init_from_env("cpu") == CPU  # no torchrun environment: nothing to join
+    assert D.per_rank_batch(512, 8) == 64
+    with pytest.raises(ValueError, match="not divisible"):
+        D.per_rank_batch(10, 4)
+    x = torch.arange(12).view(6, 2)
+    assert torch.equal(torch.cat([D.rank_rows(x, r, 3) for r in range(3)]), x)
+    assert torch.equal(D.rank_rows(x, 1, 3), x[2:4])
+
+    class Src:
+        def batch(self, step):
+            return torch.arange(8).view(4, 2) + step, torch.arange(4)
+
+    toks, labels = D.RankSlice(Src(), 1, 2).batch(3)
+    assert torch.equal(toks, torch.tensor([[7, 8], [9, 10]])) and torch.equal(labels, torch.tensor([2, 3]))
+    assert D.rank_seed(5, 0) == 5 and len({D.rank_seed(5, r) for r in range(4)}) == 4
+    model = torch.nn.Linear(3, 2)
+    assert D.wrap(model, CPU, "fsdp") is model and not D.uses_fsdp(model, "fsdp")
+    assert D.mean_logs({"loss": 2.5}) == {"loss": 2.5}
+    state = D.model_state(model)
+    assert set(state) == {"weight", "bias"} and torch.equal(state["weight"], model.weight)
+
+
+def test_sync_batchnorm_leaves_the_frozen_backbone_alone():
+    backbone = build_backbone(BackboneConfig(kind="efficientnet_lite0", image_size=32, weights="random",
+                                             allow_random_init=True))
+    model = torch.nn.Module()
+    model.backbone, model.head = backbone, torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    D.sync_batchnorm(model)
+    assert isinstance(model.head[1], torch.nn.SyncBatchNorm)  # trainable BN: global-batch statistics
+    kinds = {type(m) for m in backbone.modules()}
+    assert torch.nn.SyncBatchNorm not in kinds and torch.nn.BatchNorm2d in kinds
+
+
+def test_fsdp_auto_threshold_is_gpt_xl():
+    with torch.device("meta"):
+        sizes = {n: sum(p.numel() for p in build_gpt(n, num_classes=1000).parameters())
+                 for n in ("GPT-L", "GPT-XL")}
+    assert sizes["GPT-L"] < D.FSDP_MIN_PARAMS <= sizes["GPT-XL"]
+
+
+def test_compile_switch_compiles_the_forward_only(tmp_path, monkeypatch):
+    compiled = []
+
+    def fake_compile(module):  # real torch.compile takes minutes on CPU: see the CUDA test below
+        compiled.append(module)
+        return lambda *args, **kwargs: module(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    f = token_file(tmp_path / "t.parquet")
+    model = build_gpt("GPT-Tiny", vocab_size=64, n_tokens=16, num_classes=4)
+    cfg = ARTrainConfig(steps=1, batch_size=8, lr=1e-3, compile=True)
+    train_ar(model, TokenStream(f, 8, 0), cfg, tmp_path / "ckpt", CPU)
+    assert compiled == [model]
+    assert weights(tmp_path / "ckpt").keys() == model.state_dict().keys()  # no "_orig_mod." keys
+
+
+def test_rows_per_rank_must_make_the_global_batch(tmp_path):
+    f = token_file(tmp_path / "t.parquet")
+    model = build_gpt("GPT-Tiny", vocab_size=64, n_tokens=16, num_classes=4)
+    cfg = ARTrainConfig(steps=1, batch_size=8, lr=1e-3)
+    with pytest.raises(ValueError, match="global batch_size 8"):
+        train_ar(model, TokenStream(f, 4, 0), cfg, tmp_path / "ckpt", CPU)  # a per-rank stream, 1 rank
+
+
+@pytest.mark.cuda
+def test_compiled_bf16_training_on_cuda(tmp_path):
+    f = token_file(tmp_path / "t.parquet")
+    losses = {}
+    for compile_ in (False, True):
+        torch.manual_seed(0)
+        model = build_gpt("GPT-Tiny", vocab_size=64, n_tokens=16, num_classes=4, class_dropout=0.0,
+                          token_dropout=0.0, resid_dropout=0.0).cuda()
+        cfg = ARTrainConfig(steps=3, batch_size=8, lr=1e-3, compile=compile_)
+        log: list[float] = []
+        train_ar(model, TokenStream(f, 8, 0), cfg, tmp_path / str(compile_), torch.device("cuda"),
+                 on_log=lambda s, logs, log=log: log.append(logs["loss"]))
+        losses[compile_] = log
+    np.testing.assert_allclose(losses[True], losses[False], rtol=2e-2)  # bf16: same trajectory
+
+
+if __name__ == "__main__":
+    worker(Path(sys.argv[1]))
