@@ -89,5 +89,21 @@ class Layout:
         return self.root / "data" / "features"
 
     @property
+    def tokenizer(self) -> Path:
+        return self.root / "data" / "tokenizer"
+
+    @property
+    def tokens(self) -> Path:
+        return self.root / "data" / "tokens"
+
+    @property
+    def gpt(self) -> Path:
+        return self.root / "data" / "gpt"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "data" / "samples"
+
+    @property
     def reports(self) -> Path:
         return self.root / "reports"

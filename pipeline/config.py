@@ -117,13 +117,18 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
         value = _convert(hints[name], data[name], key)
         _check_range(f, value, key)
         kwargs[name] = value
-    obj = cls(**kwargs)
+    try:
+        obj = cls(**kwargs)  # a config's own __post_init__ may refuse a combination
+    except ValueError as e:
+        raise ParamsError(prefix or "<root>", "(section)", str(e)) from None
     check = getattr(obj, "check", None)
     if callable(check):
         try:
             check()
         except ParamsError as e:
             raise ParamsError(f"{dotted}{e.key}", e.value, e.problem) from None
+        except ValueError as e:  # a model config's own consistency check
+            raise ParamsError(prefix or "<root>", "(section)", str(e)) from None
     return obj
 
 

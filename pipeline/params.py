@@ -14,6 +14,10 @@ import yaml
 
 from pipeline.config import ParamsError, from_dict
 from vfmtok.backbones import BackboneConfig
+from vfmtok.gpt import GPT_MODELS
+from vfmtok.tokenizer import TokenizerConfig
+from vfmtok.train_ar import ARTrainConfig
+from vfmtok.train_tokenizer import TokenizerTrainConfig
 
 PROFILES_DIR = "params"
 Device = Literal["auto", "cpu", "cuda"]
@@ -46,12 +50,89 @@ class ExtractParams:
 
 
 @dataclass
+class TrainTokenizerParams(TokenizerTrainConfig):
+    """The tokenizer's optimisation (``vfmtok.train_tokenizer``) plus where it runs."""
+
+    device: Device = "auto"
+
+
+@dataclass
+class TokenizeParams:
+    """Encoding every prepared image to token ids (Parquet)."""
+
+    batch_size: int = field(metadata={"min": 1})
+    splits: list[Literal["train", "val"]]
+    flip_copies: bool = False  # also encode horizontally flipped train images
+    row_group_size: int = field(default=8192, metadata={"min": 1})
+    device: Device = "auto"
+
+
+@dataclass
+class ARModelParams:
+    """Which GPT of the zoo (``vfmtok.gpt.GPT_MODELS``) and its regularisation; the vocabulary,
+    token count and classes come from the tokenizer and the data."""
+
+    model: str
+    class_dropout: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
+    token_dropout: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
+    resid_dropout: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
+    attn_dropout: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
+
+    def check(self) -> None:
+        if self.model not in GPT_MODELS:
+            raise ParamsError("model", self.model, f"must be one of {', '.join(GPT_MODELS)}")
+
+
+@dataclass
+class TrainARParams(ARTrainConfig):
+    """The generator's optimisation (``vfmtok.train_ar``) plus evaluation and placement."""
+
+    val_rows: int = field(default=0, metadata={"min": 0})  # val rows per val-loss pass; 0 = all
+    report_thresholds: list[float] = field(default_factory=list)  # steps to reach these val losses
+    device: Device = "auto"
+
+
+@dataclass
+class SampleParams:
+    """Class-conditional sampling (CFG scale 1.0 = off: the demo samples without guidance)."""
+
+    per_class: int = field(metadata={"min": 1})
+    batch_size: int = field(metadata={"min": 1})
+    temperature: float = field(default=1.0, metadata={"min": 0.0})
+    top_k: int = field(default=0, metadata={"min": 0})
+    top_p: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0})
+    cfg_scale: float = field(default=1.0, metadata={"min": 0.0})
+    seed: int = 0
+    speed_batch: int = field(default=8, metadata={"min": 1})  # batch for the KV-cache speed test
+    device: Device = "auto"
+
+
+@dataclass
+class EvaluateParams:
+    """How many images the metrics use, and the optional full Inception weights for IS."""
+
+    fid_images: int = field(metadata={"min": 0})  # reference images and samples each (0 = all)
+    probe_train: int = field(metadata={"min": 0})  # train images for the probes (0 = all)
+    batch_size: int = field(default=64, metadata={"min": 1})
+    kid_subset_size: int = field(default=100, metadata={"min": 2})
+    inception_full_weights: str = ""  # torch-fidelity weights with logits -> Inception Score
+    device: Device = "auto"
+
+
+@dataclass
 class Params:
     """The whole params file."""
 
     prepare: PrepareParams
     backbone: BackboneConfig
     extract_features: ExtractParams
+    tokenizer: TokenizerConfig
+    train_tokenizer: TrainTokenizerParams
+    tokenize: TokenizeParams
+    ar_model: ARModelParams
+    train_ar: TrainARParams
+    sample: SampleParams
+    evaluate: EvaluateParams
 
     def check(self) -> None:
         bb = self.backbone
@@ -59,6 +140,11 @@ class Params:
             raise ParamsError(
                 "backbone.weights", bb.weights,
                 "random init is for tests only; set backbone.allow_random_init: true to allow it",
+            )
+        if self.tokenizer.image_size != self.prepare.resolution:
+            raise ParamsError(
+                "tokenizer.image_size", self.tokenizer.image_size,
+                f"must equal prepare.resolution ({self.prepare.resolution})",
             )
         if bb.image_size != self.prepare.resolution:
             raise ParamsError(
@@ -73,6 +159,15 @@ class Params:
             raise ParamsError("prepare.path", self.prepare.path, "source folder does not exist")
         if self.prepare.devkit and not Path(self.prepare.devkit).is_dir():
             raise ParamsError("prepare.devkit", self.prepare.devkit, "devkit folder does not exist")
+        loss = self.train_tokenizer.loss
+        if loss.perceptual == "lpips":
+            for key in ("lpips_vgg_weights", "lpips_lin_weights"):
+                path = getattr(loss, key)
+                if not Path(path).is_file():
+                    raise ParamsError(f"train_tokenizer.loss.{key}", path, "weights file does not exist")
+        full = self.evaluate.inception_full_weights
+        if full and not Path(full).is_file():
+            raise ParamsError("evaluate.inception_full_weights", full, "weights file does not exist")
         bb = self.backbone
         if bb.weights not in ("bundled", "random") and not Path(bb.weights).is_file():
             raise ParamsError("backbone.weights", bb.weights, "weights file does not exist")

@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 export DO_NOT_TRACK=1 DVC_NO_ANALYTICS=1 HF_HUB_OFFLINE=1
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}  # torch processes that share cores don't spin
 export PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120
 export PREFECT_HOME="$PWD/.prefect"
 

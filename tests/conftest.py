@@ -11,6 +11,9 @@ import pytest
 from pipeline import prefect_env
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Several torch processes share 2 cores in some tests (torchrun, dvc subprocesses, a Prefect
+# server): spinning OpenMP threads then slow everything down manyfold. Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="vfmtok-prefect-"))
 prefect_env.configure()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -56,13 +57,23 @@ def _set(project: Path, section: str, key: str, value) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
+STAGES = ["prepare", "extract_features", "train_tokenizer", "tokenize", "train_ar", "sample", "evaluate"]
+
+
 def test_repro_then_up_to_date_then_selective_reruns(project):
     out = _run(project, "dvc", "repro")
-    assert "Running stage 'prepare'" in out and "Running stage 'extract_features'" in out
-    assert (project / "data" / "features" / "manifest.json").is_file()
-    assert (project / "reports" / "prepare.json").is_file()
-    metrics = _run(project, "dvc", "metrics", "show")
-    assert "images_per_s" in metrics
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in out
+    for path in ("data/features/manifest.json", "data/tokenizer/model.safetensors",
+                 "data/tokens/train.parquet", "data/gpt/model.safetensors", "data/samples/samples.npz",
+                 "reports/metrics.json", "reports/metrics.md", "reports/tokenizer_recon.png",
+                 "reports/samples.png"):
+        assert (project / path).is_file(), path
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    assert metrics["tokenizer_kind"] == "vfmtok" and metrics["inception_score"] is None
+    assert 0 < metrics["codebook_usage"] <= 1 and metrics["psnr"] > 0
+    shown = _run(project, "dvc", "metrics", "show")
+    assert "gfid" in shown and "images_per_s" in shown
 
     again = _run(project, "dvc", "repro")
     assert "Running stage" not in again and "up to date" in again
@@ -74,3 +85,12 @@ def test_repro_then_up_to_date_then_selective_reruns(project):
     _set(project, "prepare", "max_per_class_val", 3)
     out = _run(project, "dvc", "repro", "extract_features")
     assert "Running stage 'prepare'" in out and "Running stage 'extract_features'" in out
+
+
+def test_one_param_switches_to_the_vqgan_baseline(project):
+    _set(project, "tokenizer", "kind", "vqgan")
+    out = _run(project, "dvc", "repro")
+    assert "Running stage 'train_tokenizer'" in out and "Running stage 'prepare'" not in out
+    report = json.loads((project / "reports" / "train_tokenizer.json").read_text())
+    assert report["kind"] == "vqgan"
+    assert json.loads((project / "reports" / "metrics.json").read_text())["tokenizer_kind"] == "vqgan"

@@ -86,6 +86,15 @@ def codebook_usage(indices: ArrayLike, codebook_size: int) -> tuple[float, float
     return float((counts > 0).sum() / codebook_size), float(np.exp(-(p * np.log(p)).sum()))
 
 
+def fit_probe(x: ArrayLike, y: ArrayLike, *, C: float = 1.0, max_iter: int = 1000,  # noqa: N803
+              seed: int = 0):
+    """The fitted classifier of the probe protocol (see :func:`linear_probe`): StandardScaler +
+    multinomial L2 logistic regression (lbfgs); ``.predict`` / ``.score`` on new features."""
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
+    clf.fit(_numpy(x).reshape(len(x), -1), _numpy(y))
+    return clf
+
+
 def linear_probe(
     train_x: ArrayLike,
     train_y: ArrayLike,
@@ -103,9 +112,5 @@ def linear_probe(
     with inverse strength C, lbfgs solver, at most `max_iter` iterations, seeded; no augmentation,
     no hyper-parameter search.
     """
-    clf = make_pipeline(
-        StandardScaler(),
-        LogisticRegression(C=C, max_iter=max_iter, random_state=seed),
-    )
-    clf.fit(_numpy(train_x).reshape(len(train_x), -1), _numpy(train_y))
+    clf = fit_probe(train_x, train_y, C=C, max_iter=max_iter, seed=seed)
     return float(clf.score(_numpy(val_x).reshape(len(val_x), -1), _numpy(val_y)))

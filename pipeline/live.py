@@ -1,0 +1,33 @@
+"""DVCLive logging that survives a resume: the curves continue from the checkpoint's step
+instead of repeating the steps a killed run logged after its last checkpoint."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from dvclive import Live
+
+
+def _truncate_history(live_dir: Path, start_step: int) -> None:
+    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
+        with open(tsv, newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t"))
+        if not rows:
+            continue
+        header, body = rows[0], rows[1:]
+        step_col = header.index("step") if "step" in header else None
+        kept = [r for r in body if step_col is None or int(r[step_col]) < start_step]
+        with open(tsv, "w", newline="") as f:
+            csv.writer(f, delimiter="\t").writerows([header, *kept])
+
+
+def open_live(live_dir: Path, start_step: int) -> Live:
+    """A DVCLive logger in ``live_dir`` whose next logged step is ``start_step``."""
+    if start_step > 0 and live_dir.is_dir():
+        _truncate_history(live_dir, start_step)
+        live = Live(str(live_dir), resume=True, save_dvc_exp=False, dvcyaml=None)
+    else:
+        live = Live(str(live_dir), resume=False, save_dvc_exp=False, dvcyaml=None)
+    live.step = start_step
+    return live

