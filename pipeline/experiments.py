@@ -73,8 +73,9 @@ def steps_to_reach(curve: list[list[float]], threshold: float) -> int | None:
 
 
 def run_claim_experiments(root: str = ".") -> None:
-    """Two named DVC experiments that differ only in ``tokenizer.kind``."""
-    for kind in ("vfmtok", "vqgan"):
+    """Two named DVC experiments that differ only in ``tokenizer.kind``. The baseline runs first, so
+    the workspace ends on the default (VFMTok) results."""
+    for kind in ("vqgan", "vfmtok"):
         name = f"claims-{kind}"
         subprocess.run(["dvc", "exp", "remove", name], cwd=root, capture_output=True)  # may not exist
         subprocess.run(["dvc", "exp", "run", "-n", name, "-S", f"tokenizer.kind={kind}"], cwd=root,

@@ -1,0 +1,104 @@
+"""Per-run wall time of every DVC stage: ``reports/stage_times.csv`` (appended) and ``.md`` (rendered).
+
+The orchestrating flow appends one row per stage per run, so the CSV is the history and the
+Markdown is the readable view (runs as rows, stages as columns, newest last). ``seconds`` is the
+wall time DVC took for the stage, retries and backoff included; ``work_seconds`` is the time the
+stage wrote in its own metrics file when it actually ran (``seconds``, else its ``*_seconds``), so
+the two columns together show what DVC + Prefect + process start cost around the stage's work.
+Plain Python, no Prefect.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from pipeline import artifacts
+
+CSV = Path("reports") / "stage_times.csv"
+MARKDOWN = Path("reports") / "stage_times.md"
+MAX_RUNS_SHOWN = 50
+
+
+@dataclass
+class StageTime:
+    run: str  # the Prefect flow run's name
+    started_utc: str  # ISO 8601, when the run's first stage started
+    stage: str  # DVC stage address, e.g. "prepare"
+    status: str  # ran | restored (DVC run-cache) | up to date | frozen | failed
+    attempts: int  # 1 + retries used
+    seconds: float  # wall time of the stage inside the run, every attempt and backoff included
+    work_seconds: float | None = None  # the stage's own time metric when it ran
+
+
+COLUMNS = [f.name for f in fields(StageTime)]
+
+
+def read(root: str | Path) -> list[StageTime]:
+    """Every recorded row, oldest first (an absent file is an empty history)."""
+    path = Path(root) / CSV
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            work = r.get("work_seconds") or ""
+            rows.append(StageTime(
+                run=r["run"], started_utc=r["started_utc"], stage=r["stage"], status=r["status"],
+                attempts=int(r["attempts"]), seconds=float(r["seconds"]),
+                work_seconds=float(work) if work else None,
+            ))  # fmt: skip
+    return rows
+
+
+def append(root: str | Path, new: list[StageTime]) -> None:
+    """Add this run's rows to the CSV and re-render the Markdown view (both written atomically)."""
+    rows = read(root) + new
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        d = asdict(r)
+        d["seconds"] = f"{r.seconds:.3f}"
+        d["work_seconds"] = "" if r.work_seconds is None else f"{r.work_seconds:.3f}"
+        writer.writerow(d)
+    artifacts.write_text(Path(root) / CSV, buf.getvalue())
+    artifacts.write_text(Path(root) / MARKDOWN, render_markdown(rows))
+
+
+def _cell(r: StageTime) -> str:
+    text = f"{r.seconds:.1f} s"
+    if r.work_seconds is not None:
+        text += f" (work {r.work_seconds:.1f})"
+    if r.status != "ran":
+        text += f" {r.status}"
+    if r.attempts > 1:
+        text += f", {r.attempts} attempts"
+    return text
+
+
+def render_markdown(rows: list[StageTime], max_runs: int = MAX_RUNS_SHOWN) -> str:
+    """One line per run (the latest ``max_runs``), one column per stage in first-seen order."""
+    runs: dict[tuple[str, str], dict[str, StageTime]] = {}
+    stages: list[str] = []
+    for r in rows:
+        runs.setdefault((r.run, r.started_utc), {})[r.stage] = r
+        if r.stage not in stages:
+            stages.append(r.stage)
+    lines = [
+        "# Stage wall times per run",
+        "",
+        "Written by `vfmtok-pipeline reproduce` / the `retrain` deployment from `stage_times.csv`. "
+        "A cell is the stage's wall time under DVC (retries included); `work` is the time the stage "
+        "reported for its own work; no suffix means the stage ran.",
+        "",
+        "| run | started (UTC) | " + " | ".join(stages) + " | total |",
+        "|---|---|" + "---|" * len(stages) + "---|",
+    ]
+    for (run, started), by_stage in list(runs.items())[-max_runs:]:
+        cells = [_cell(by_stage[s]) if s in by_stage else "" for s in stages]
+        total = sum(r.seconds for r in by_stage.values())
+        lines.append(f"| {run} | {started} | " + " | ".join(cells) + f" | {total:.1f} s |")
+    return "\n".join(lines) + "\n"
