@@ -13,6 +13,7 @@ Writes ``reports/metrics.json`` (DVC metrics), ``reports/metrics.md`` and ``repo
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,7 @@ def probe(params: Params, layout: Layout, tokenizer, device: torch.device) -> fl
 def evaluate_flow(params_file: str = "params.yaml", root: str = ".") -> dict:
     params = load_params(params_file)
     e, layout = params.evaluate, Layout(Path(root))
+    start = time.perf_counter()
     device = pick_device(e.device)
     log = get_run_logger()
     fid = inception.InceptionFeatures(layout.root / CACHE, device=device,
@@ -155,6 +157,7 @@ def evaluate_flow(params_file: str = "params.yaml", root: str = ".") -> dict:
         f"fd_{bb_name}": round(fd_backbone, 3),
         "fid_images": int(len(pick)),
         "fid_samples": int(len(s_pick)),
+        "seconds": round(time.perf_counter() - start, 1),  # the stage's own work
     }
     reports.write_metrics(layout, params, metrics, extractor=fid.name, backbone=bb_name)
     log.info("gFID %.2f, rFID %.2f, PSNR %.2f, usage %.1f%%, probe %.1f%%", metrics["gfid"],

@@ -7,6 +7,7 @@ experiment name), so they work on experiments made by ``dvc exp run`` as well as
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -68,6 +69,14 @@ def compare(rev_a: str, rev_b: str, root: str = ".") -> Path:
     return out
 
 
+def _read_json_files(rev: str, root: str) -> dict[str, dict]:
+    """The evaluate and train_ar reports as that revision (commit or experiment) has them."""
+    import dvc.api
+
+    return {name: json.loads(dvc.api.read(f"reports/{name}.json", repo=root, rev=rev))
+            for name in ("metrics", "train_ar")}
+
+
 def steps_to_reach(curve: list[list[float]], threshold: float) -> int | None:
     return next((int(s) for s, loss in curve if loss <= threshold), None)
 
@@ -86,12 +95,12 @@ def claims(root: str = ".", run: bool = False) -> Path:
     """Write ``reports/claims.md``: the paper's claims measured in miniature, beside its figures."""
     if run:
         run_claim_experiments(root)
-    got = {kind: read_rev(f"claims-{kind}", root)[1] for kind in ("vfmtok", "vqgan")}
+    got = {kind: _read_json_files(f"claims-{kind}", root) for kind in ("vfmtok", "vqgan")}
 
     def m(kind: str, key: str) -> object:
-        return got[kind].get(f"reports/metrics.json.{key}")
+        return got[kind]["metrics"].get(key)
 
-    curves = {k: got[k].get("reports/train_ar.json.val_curve") or [] for k in got}
+    curves = {k: got[k]["train_ar"].get("val_curve") or [] for k in got}
     # The fixed val loss: the best that both runs reach (the higher of the two minima).
     threshold = max(min(v for _, v in c) for c in curves.values()) if all(curves.values()) else None
     reach = {k: steps_to_reach(c, threshold) if threshold else None for k, c in curves.items()}

@@ -416,8 +416,7 @@ def serve(
     from prefect.types.entrypoint import EntrypointType
 
     path = Path(root).resolve()
-    url = f"http://127.0.0.1:{port}/api" if start else os.environ.get("PREFECT_API_URL") or \
-        f"http://127.0.0.1:{port}/api"
+    url = (None if start else os.environ.get("PREFECT_API_URL")) or f"http://127.0.0.1:{port}/api"
     server = None
     if start:
         log = Path(os.environ.get("PREFECT_HOME", path / ".prefect")) / "server.log"

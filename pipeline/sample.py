@@ -97,6 +97,7 @@ def sample_flow(params_file: str = "params.yaml", root: str = ".") -> dict:
         "cfg_scale": s.cfg_scale,
         **speed(gpt, params, device),
     }
+    report["seconds"] = round(time.perf_counter() - start, 2)
     artifacts.write_json(layout.reports / "sample.json", report)
     get_run_logger().info("%d samples at %.1f images/s; KV cache %.1fx faster", len(images_np),
                           report["images_per_s"], report["kv_cache_speedup"])

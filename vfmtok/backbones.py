@@ -21,6 +21,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from vfmtok.weights import read_state_dict
+
 _VIT_PREFIXES_THAT_FETCH = ("hf-hub:", "hf_hub:", "local-dir:")
 _TIMM_BUILDER_LOGGER = "timm.models._builder"
 
@@ -128,17 +130,8 @@ def _check_weights_file(path: str) -> str:
 
 
 def _read_state_dict(path: str) -> dict[str, Tensor]:
-    """Read a local .safetensors or torch checkpoint, unwrapping a {'state_dict': ...}."""
     _check_weights_file(path)
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path, device="cpu")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-    return sd
+    return read_state_dict(path, "backbone weights")
 
 
 def _check_random_allowed(cfg: BackboneConfig) -> None:

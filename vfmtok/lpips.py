@@ -14,10 +14,10 @@ sum the five layers.
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor, nn
+
+from vfmtok.weights import read_state_dict
 
 # Indices in torchvision's vgg16().features of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3.
 VGG_TAPS: tuple[int, ...] = (3, 8, 15, 22, 29)
@@ -29,22 +29,8 @@ _NORM_EPS = 1e-10  # as the lpips package: x / (||x|| + eps)
 
 
 def read_weights(path: str, what: str) -> dict[str, Tensor]:
-    """A local .safetensors or torch state dict (tensors only, ``weights_only=True``)."""
-    if not path:
-        raise FileNotFoundError(f"no {what} file given (path is empty); nothing is downloaded")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} file not found: {path!r} (weights are only read from local files)")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path, device="cpu")
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-    if not isinstance(sd, dict):
-        raise ValueError(f"{what} file {path!r} does not hold a state dict")
-    return sd
+    """A local .safetensors or torch state dict (see :func:`vfmtok.weights.read_state_dict`)."""
+    return read_state_dict(path, what)
 
 
 def load_vgg16_features(path: str) -> nn.Sequential:
