@@ -11,6 +11,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import yaml
+
 from pipeline import artifacts
 
 PAPER = {  # arXiv 2507.08441 (ImageNet 256x256); see shared/reference/vfmtok-method.md
@@ -84,11 +86,17 @@ def steps_to_reach(curve: list[list[float]], threshold: float) -> int | None:
 def run_claim_experiments(root: str = ".") -> None:
     """Two named DVC experiments that differ only in ``tokenizer.kind``. The baseline runs first, so
     the workspace ends on the default (VFMTok) results."""
+    params_file = Path(root) / "params.yaml"
+    original = params_file.read_text()
     for kind in ("vqgan", "vfmtok"):
         name = f"claims-{kind}"
         subprocess.run(["dvc", "exp", "remove", name], cwd=root, capture_output=True)  # may not exist
         subprocess.run(["dvc", "exp", "run", "-n", name, "-S", f"tokenizer.kind={kind}"], cwd=root,
                        check=True)
+    # `-S` rewrites params.yaml (comments and layout lost); keep the user's file when the values
+    # are the same, as they are when the profile's kind is vfmtok.
+    if yaml.safe_load(params_file.read_text()) == yaml.safe_load(original):
+        artifacts.write_text(params_file, original)
 
 
 def claims(root: str = ".", run: bool = False) -> Path:
