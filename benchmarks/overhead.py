@@ -79,7 +79,7 @@ def model_import_seconds(root: Path, repeats: int = 3) -> float:
 
 
 def orchestrated(root: Path) -> dict:
-    from pipeline import stage_times
+    from pipeline.reporting import stage_times
 
     total = _timed(root, str(BIN / "vfmtok-pipeline"), "reproduce", "--retries", "0")
     rows = stage_times.read(root)
@@ -95,10 +95,10 @@ def orchestrated(root: Path) -> dict:
 
 
 def plain(root: Path) -> dict:
-    from pipeline import orchestrate
+    from pipeline.orchestration import dvc_stages
 
     total = _timed(root, "dvc", "repro", "--force")
-    work = sum(orchestrate._work_seconds(root, s) or 0.0 for s in orchestrate.dag_stages(root))
+    work = sum(dvc_stages._work_seconds(root, s) or 0.0 for s in dvc_stages.dag_stages(root))
     return {"total_s": round(total, 2), "work_s": round(work, 2), "overhead_s": round(total - work, 2),
             "overhead_share": round((total - work) / total, 4)}
 

@@ -1,0 +1,1 @@
+"""The DVC + Prefect pipeline around ``vfmtok``: params, stages, on-disk formats, orchestration."""

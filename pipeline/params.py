@@ -1,7 +1,11 @@
-"""Every knob of the pipeline: one dataclass per ``params.yaml`` section.
+"""``params.yaml``: one section per stage, each a typed dataclass, validated up front.
 
-DVC tracks these keys (``params:`` in ``dvc.yaml``), so a change to any of them re-runs exactly the
-stages that read it. Loading validates everything up front and fails with the file, key and value.
+The model sections *are* the model package's configs (``vfmtok.config``: backbone, tokenizer,
+train_tokenizer, train_ar; ``ar_model`` is a zoo name plus the GPT's regularisation); the others
+are the pipeline's own. Values that one key decides for several models are not repeated: the
+image size is ``prepare.resolution`` alone (:data:`DERIVED`). DVC tracks these keys (``params:``
+in ``dvc.yaml``), so a change re-runs exactly the stages that read it. Every error names the
+file, the dotted key and the value. Nothing here imports torch: ``vfmtok-pipeline check`` is fast.
 """
 
 from __future__ import annotations
@@ -12,51 +16,50 @@ from typing import Literal
 
 import yaml
 
-from pipeline.config import ParamsError, from_dict
-from vfmtok.backbones import BackboneConfig
-from vfmtok.gpt import GPT_MODELS
-from vfmtok.tokenizer import TokenizerConfig
-from vfmtok.train_ar import ARTrainConfig
-from vfmtok.train_tokenizer import TokenizerTrainConfig
+from vfmtok.config import (
+    GPT_SIZES,
+    ARTrainConfig,
+    BackboneConfig,
+    Device,
+    GPTConfig,
+    GPTRegularization,
+    TokenizerConfig,
+    TokenizerTrainConfig,
+)
+from vfmtok.typed import NEUTRAL, ConfigError, from_dict
 
 PROFILES_DIR = "params"
-Device = Literal["auto", "cpu", "cuda"]
+# (section, key) filled in from another key, never written in params.yaml.
+DERIVED = {("backbone", "image_size"): ("prepare", "resolution"),
+           ("tokenizer", "image_size"): ("prepare", "resolution")}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PrepareParams:
     """Where the images come from and how they are cut to size."""
 
     source: Literal["fashion_mnist", "imagenet", "imagefolder"]
     path: str  # folder holding the source (idx files, ILSVRC-2012 tree or ImageFolder tree)
-    resolution: int = field(metadata={"min": 8, "max": 2048})
+    resolution: int = field(metadata={"min": 8, "max": 2048})  # the one image size of the pipeline
     max_per_class_train: int = field(metadata={"min": 0})  # 0 = every image
     max_per_class_val: int = field(metadata={"min": 0})
     shard_size: int = field(metadata={"min": 1})
-    workers: int = field(default=0, metadata={"min": 0})  # decode processes; 0 = in-process
+    workers: int = field(default=0, metadata={"min": 0, **NEUTRAL})  # decode processes; 0 = in-process
     devkit: str = ""  # ImageNet flat val/: ILSVRC2012 devkit dir (data/meta.mat + ground truth)
     val_fraction: float = field(default=0.1, metadata={"min": 0.0, "max": 0.9})  # imagefolder
 
 
-
-@dataclass
+@dataclass(kw_only=True)
 class ExtractParams:
     """How the frozen backbone is run over the prepared images."""
 
     batch_size: int = field(metadata={"min": 1})
     splits: list[Literal["train", "val"]]
-    device: Device = "auto"
-    retries: int = field(default=2, metadata={"min": 0})
+    device: Device = field(default="auto", metadata=NEUTRAL)
+    retries: int = field(default=2, metadata={"min": 0, **NEUTRAL})
 
 
-@dataclass
-class TrainTokenizerParams(TokenizerTrainConfig):
-    """The tokenizer's optimisation (``vfmtok.train_tokenizer``) plus where it runs."""
-
-    device: Device = "auto"
-
-
-@dataclass
+@dataclass(kw_only=True)
 class TokenizeParams:
     """Encoding every prepared image to token ids (Parquet)."""
 
@@ -64,35 +67,35 @@ class TokenizeParams:
     splits: list[Literal["train", "val"]]
     flip_copies: bool = False  # also encode horizontally flipped train images
     row_group_size: int = field(default=8192, metadata={"min": 1})
-    device: Device = "auto"
+    device: Device = field(default="auto", metadata=NEUTRAL)
 
 
-@dataclass
-class ARModelParams:
-    """Which GPT of the zoo (``vfmtok.gpt.GPT_MODELS``) and its regularisation; the vocabulary,
-    token count and classes come from the tokenizer and the data."""
+@dataclass(kw_only=True)
+class ARModelParams(GPTRegularization):
+    """A GPT of the zoo by name and its regularisation; vocabulary, token count and classes come
+    from the tokenizer and the data (:meth:`gpt_config`)."""
 
     model: str
-    class_dropout: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
-    token_dropout: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
-    resid_dropout: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
-    attn_dropout: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
 
-    def check(self) -> None:
-        if self.model not in GPT_MODELS:
-            raise ParamsError("model", self.model, f"must be one of {', '.join(GPT_MODELS)}")
+    def validate(self) -> None:
+        if self.model not in GPT_SIZES:
+            raise ConfigError("model", self.model, f"must be one of {', '.join(GPT_SIZES)}")
+
+    def gpt_config(self, vocab_size: int, n_tokens: int, num_classes: int) -> GPTConfig:
+        reg = {f: getattr(self, f) for f in GPTRegularization.__dataclass_fields__}
+        return GPTConfig(**GPT_SIZES[self.model], **reg, vocab_size=vocab_size, n_tokens=n_tokens,
+                         num_classes=num_classes)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainARParams(ARTrainConfig):
-    """The generator's optimisation (``vfmtok.train_ar``) plus evaluation and placement."""
+    """The generator's optimisation plus the pipeline's evaluation of it."""
 
     val_rows: int = field(default=0, metadata={"min": 0})  # val rows per val-loss pass; 0 = all
     report_thresholds: list[float] = field(default_factory=list)  # steps to reach these val losses
-    device: Device = "auto"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SampleParams:
     """Class-conditional sampling (CFG scale 1.0 = off: the demo samples without guidance)."""
 
@@ -104,10 +107,10 @@ class SampleParams:
     cfg_scale: float = field(default=1.0, metadata={"min": 0.0})
     seed: int = 0
     speed_batch: int = field(default=8, metadata={"min": 1})  # batch for the KV-cache speed test
-    device: Device = "auto"
+    device: Device = field(default="auto", metadata=NEUTRAL)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EvaluateParams:
     """How many images the metrics use, and the optional full Inception weights for IS."""
 
@@ -116,10 +119,10 @@ class EvaluateParams:
     batch_size: int = field(default=64, metadata={"min": 1})
     kid_subset_size: int = field(default=100, metadata={"min": 2})
     inception_full_weights: str = ""  # torch-fidelity weights with logits -> Inception Score
-    device: Device = "auto"
+    device: Device = field(default="auto", metadata=NEUTRAL)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Params:
     """The whole params file."""
 
@@ -127,67 +130,59 @@ class Params:
     backbone: BackboneConfig
     extract_features: ExtractParams
     tokenizer: TokenizerConfig
-    train_tokenizer: TrainTokenizerParams
+    train_tokenizer: TokenizerTrainConfig
     tokenize: TokenizeParams
     ar_model: ARModelParams
     train_ar: TrainARParams
     sample: SampleParams
     evaluate: EvaluateParams
 
-    def check(self) -> None:
-        bb = self.backbone
-        if bb.weights == "random" and not bb.allow_random_init:
-            raise ParamsError(
-                "backbone.weights", bb.weights,
-                "random init is for tests only; set backbone.allow_random_init: true to allow it",
-            )
-        if self.tokenizer.image_size != self.prepare.resolution:
-            raise ParamsError(
-                "tokenizer.image_size", self.tokenizer.image_size,
-                f"must equal prepare.resolution ({self.prepare.resolution})",
-            )
-        if bb.image_size != self.prepare.resolution:
-            raise ParamsError(
-                "backbone.image_size", bb.image_size,
-                f"must equal prepare.resolution ({self.prepare.resolution})",
-            )
-
-
     def check_paths(self) -> None:
         """Inputs that must exist on this machine (skipped to inspect a profile from elsewhere)."""
+        files = [("train_tokenizer.loss.lpips_vgg_weights", self.train_tokenizer.loss.lpips_vgg_weights),
+                 ("train_tokenizer.loss.lpips_lin_weights", self.train_tokenizer.loss.lpips_lin_weights),
+                 ("evaluate.inception_full_weights", self.evaluate.inception_full_weights)]
+        if self.backbone.weights not in ("bundled", "random"):
+            files.append(("backbone.weights", self.backbone.weights))
         if not Path(self.prepare.path).exists():
-            raise ParamsError("prepare.path", self.prepare.path, "source folder does not exist")
+            raise ConfigError("prepare.path", self.prepare.path, "source folder does not exist")
         if self.prepare.devkit and not Path(self.prepare.devkit).is_dir():
-            raise ParamsError("prepare.devkit", self.prepare.devkit, "devkit folder does not exist")
-        loss = self.train_tokenizer.loss
-        if loss.perceptual == "lpips":
-            for key in ("lpips_vgg_weights", "lpips_lin_weights"):
-                path = getattr(loss, key)
-                if not Path(path).is_file():
-                    raise ParamsError(f"train_tokenizer.loss.{key}", path, "weights file does not exist")
-        full = self.evaluate.inception_full_weights
-        if full and not Path(full).is_file():
-            raise ParamsError("evaluate.inception_full_weights", full, "weights file does not exist")
-        bb = self.backbone
-        if bb.weights not in ("bundled", "random") and not Path(bb.weights).is_file():
-            raise ParamsError("backbone.weights", bb.weights, "weights file does not exist")
+            raise ConfigError("prepare.devkit", self.prepare.devkit, "devkit folder does not exist")
+        for key, path in files:
+            if path and not Path(path).is_file():
+                raise ConfigError(key, path, "file does not exist")
+
+
+def _fill_derived(data: dict) -> None:
+    for (section, key), (src_section, src_key) in DERIVED.items():
+        part = data.get(section)
+        if not isinstance(part, dict):
+            continue  # from_dict reports the missing or malformed section
+        if key in part:
+            raise ConfigError(f"{section}.{key}", part[key],
+                              f"is set by {src_section}.{src_key}; remove this key")
+        source = data.get(src_section)
+        if isinstance(source, dict) and src_key in source:
+            part[key] = source[src_key]
 
 
 def load_params(path: str | Path = "params.yaml", check_paths: bool = True) -> Params:
     """Read and validate a params file; every error names ``path``, the key and the value."""
     path = Path(path)
     if not path.is_file():
-        raise ParamsError("<file>", str(path), "params file not found", path)
+        raise ConfigError("<file>", str(path), "params file not found", path)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ParamsError("<file>", str(path), f"not valid YAML: {e}", path) from None
+        raise ConfigError("<file>", str(path), f"not valid YAML: {' '.join(str(e).split())}", path) from None
     try:
+        if isinstance(data, dict):
+            _fill_derived(data)
         params = from_dict(Params, data)
         if check_paths:
             params.check_paths()
         return params
-    except ParamsError as e:
+    except ConfigError as e:
         raise e.in_file(path) from None
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pipeline.layout import Layout
+
 DEFAULTS = {
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -23,4 +25,4 @@ def configure(project_root: str | Path = ".") -> None:
     """Fill in the defaults (an explicit environment variable always wins)."""
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
-    os.environ.setdefault("PREFECT_HOME", str(Path(project_root).resolve() / ".prefect"))
+    os.environ.setdefault("PREFECT_HOME", str(Layout(Path(project_root).resolve()).prefect_home))

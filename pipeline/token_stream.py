@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pipeline.tokens import TokenFile
+from pipeline.formats.tokens import TokenFile
 
 
 class TokenStream:

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from vfmtok.backbones import BackboneConfig, build_backbone
+from vfmtok.backbones import build_backbone
+from vfmtok.config import BackboneConfig
 
 TINY = dict(depth=4, embed_dim=64, num_heads=2)
 # (timm name, image size, prefix tokens to drop, expected normalisation mean)
@@ -184,7 +185,7 @@ def test_bad_configs_are_refused():
         build_backbone(_vit_cfg("clip", taps=[2, 5]))
     with pytest.raises(ValueError, match="taps"):
         build_backbone(_vit_cfg("clip", taps=[3, 2]))
-    with pytest.raises(ValueError, match="local file"):
+    with pytest.raises(ValueError, match="local weights file"):
         build_backbone(_vit_cfg("clip", weights="bundled"))
     with pytest.raises(ValueError, match="hub"):
         build_backbone(_vit_cfg("clip", model="hf-hub:timm/vit_base_patch16_clip_224.openai"))

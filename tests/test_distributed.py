@@ -8,7 +8,6 @@ process meanwhile. Dropout is off so that both see the same computation, not jus
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -20,21 +19,22 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.formats.tokens import TokenFile
 from pipeline.token_stream import TokenStream
-from pipeline.tokens import TokenFile, TokenWriter
+from tests.helpers import CachedImages, tiny_tokenizer_config, write_token_file
 from vfmtok import distributed as D
-from vfmtok.backbones import BackboneConfig, build_backbone
+from vfmtok.backbones import build_backbone
+from vfmtok.config import ARTrainConfig, BackboneConfig, LossConfig, TokenizerTrainConfig
 from vfmtok.gpt import build_gpt
-from vfmtok.losses import LossConfig, TokenizerLoss
-from vfmtok.tokenizer import TokenizerConfig, build_tokenizer
-from vfmtok.train_ar import ARTrainConfig, train_ar
-from vfmtok.train_tokenizer import TokenizerTrainConfig, train_tokenizer
+from vfmtok.losses import TokenizerLoss
+from vfmtok.tokenizer import build_tokenizer
+from vfmtok.train_ar import train_ar
+from vfmtok.train_tokenizer import train_tokenizer
 from vfmtok.training import CHECKPOINT_NAME, load_checkpoint
 
 CPU = torch.device("cpu")
 GLOBAL_BATCH, WORLD = 8, 2
 AR_RUN = {"what": "tiny GPT, 4 steps"}  # same run_config for the 2- and 4-step runs: resumable
-TOKENIZER_FIELDS = {f.name for f in dataclasses.fields(TokenizerConfig)}
 
 
 # ----------------------------------------------------------------------------- shared setup
@@ -42,13 +42,7 @@ TOKENIZER_FIELDS = {f.name for f in dataclasses.fields(TokenizerConfig)}
 
 def token_file(path: Path) -> TokenFile:
     """40 rows in 5 row groups of 8: rank 0 streams groups 0, 2, 4 and rank 1 groups 1, 3."""
-    if not path.exists():
-        rng = np.random.default_rng(0)
-        w = TokenWriter(path, 64, {"n_tokens": 16}, 8)
-        w.write([str(i) for i in range(40)], "train", rng.integers(0, 4, 40),
-                rng.integers(0, 64, (40, 16)), False)
-        w.close()
-    return TokenFile(path)
+    return TokenFile(path) if path.exists() else write_token_file(path)
 
 
 class GlobalStream:
@@ -74,39 +68,21 @@ def ar_run(ckpt: Path, data, steps: int, parallel: str = "auto") -> tuple[list[f
     return losses, model
 
 
-class Images:
-    """16 in-memory images with their cached backbone levels (a TrainData)."""
-
-    def __init__(self, backbone):
-        self.x = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
-        self.levels = backbone(self.x).levels
-
-    def __len__(self):
-        return len(self.x)
-
-    def batch(self, idx, generator):
-        return self.x[idx], [lv[idx] for lv in self.levels]
-
-
 def tokenizer_run(ckpt: Path) -> tuple[list[dict], torch.nn.Module, TokenizerLoss, dict]:
     """3 steps; returns the logs, the model, the loss and the discriminator's initial weights."""
     torch.manual_seed(0)
     backbone = build_backbone(BackboneConfig(kind="efficientnet_lite0", image_size=32, weights="random",
                                              allow_random_init=True))
     # BatchNorm statistics are per rank on CPU (torch's SyncBatchNorm is CUDA-only): off here.
-    no_bn = {"quant_batchnorm": False} if "quant_batchnorm" in TOKENIZER_FIELDS else {}
-    tcfg = TokenizerConfig(kind="vfmtok", image_size=32, n_tokens=4, dim=16, enc_layers=1, dec_layers=1,
-                           n_heads=2, n_points=2, enc_ffn_dim=32, dec_ffn_dim=32, codebook_size=32,
-                           codebook_dim=4, pixel_grid=4, n_registers=1, conv_ch=8, conv_mult=[1, 1, 2, 2],
-                           conv_res_blocks=1, **no_bn)
-    model = build_tokenizer(tcfg, backbone)
+    model = build_tokenizer(tiny_tokenizer_config(quant_batchnorm=False), backbone)
     loss_cfg = LossConfig(gan_start=1, gan_weight=0.1)  # the GAN (hand-averaged D grads) from step 1
     loss = TokenizerLoss(loss_cfg, backbone)
     cfg = TokenizerTrainConfig(steps=3, batch_size=GLOBAL_BATCH, lr=1e-3, checkpoint_every=3,
                                ema_decay=0.9, loss=loss_cfg)
     logs: list[dict] = []
     disc_init = {k: v.clone() for k, v in loss.state_dict().items()}
-    train_tokenizer(model, loss, Images(backbone), cfg, ckpt, CPU, on_log=lambda s, l: logs.append(l))
+    train_tokenizer(model, loss, CachedImages(backbone, n=16), cfg, ckpt, CPU,
+                    on_log=lambda s, l: logs.append(l))
     return logs, model, loss, disc_init
 
 
@@ -135,7 +111,9 @@ def worker(out: Path) -> None:
 
 
 def launch(out: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    repo = str(Path(__file__).resolve().parents[1])  # the script imports tests.helpers
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
            __file__, str(out)]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -21,11 +21,15 @@ pytestmark = [
 ]
 
 
-def _run(cwd: Path, *cmd: str) -> str:
+def _env(cwd: Path) -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env["PREFECT_HOME"] = str(cwd / ".prefect")
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+    return env
+
+
+def _run(cwd: Path, *cmd: str) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(cwd), capture_output=True, text=True, timeout=1200)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-4000:]}"
     return out
@@ -58,6 +62,20 @@ def _set(project: Path, section: str, key: str, value) -> None:
 
 
 STAGES = ["prepare", "extract_features", "train_tokenizer", "tokenize", "train_ar", "sample", "evaluate"]
+STAGES_SORTED = sorted(STAGES)
+
+
+def readme_example(name: str) -> str:
+    """The Python block after ``<!-- example: NAME -->`` in the README."""
+    text = (REPO / "README.md").read_text()
+    block = text[text.index(f"<!-- example: {name} -->"):]
+    return block[block.index("```python") + len("```python"):block.index("\n```", block.index("```python"))]
+
+
+def _stale(project: Path) -> list[str]:
+    """The stages `dvc status` lists as changed."""
+    out = json.loads(_run(project, "dvc", "status", "--json"))
+    return sorted(out)
 
 
 def test_repro_then_up_to_date_then_selective_reruns(project):
@@ -77,6 +95,29 @@ def test_repro_then_up_to_date_then_selective_reruns(project):
 
     again = _run(project, "dvc", "repro")
     assert "Running stage" not in again and "up to date" in again
+
+    # The README's example loads both models from their folders alone and generates a class.
+    code = readme_example("generate") + "\nassert images.shape == (8, 32, 32, 3), images.shape\n"
+    _run(project, sys.executable, "-c", code)
+
+    # Editing any module a stage imports makes that stage and everything after it stale.
+    module = project / "vfmtok" / "quantizer.py"
+    original = module.read_text()
+    module.write_text(original + "# a comment\n")
+    assert _stale(project) == ["evaluate", "sample", "tokenize", "train_tokenizer"]
+    module.write_text(original)
+    shared = project / "pipeline" / "formats" / "prepared.py"  # every stage reads prepared images
+    shared.write_text(shared.read_text() + "# a comment\n")
+    assert _stale(project) == STAGES_SORTED
+    _run(project, "git", "checkout", "--", "pipeline/formats/prepared.py")
+    assert _stale(project) == []
+
+    # A model trained with other params is refused with the key that differs, not used.
+    _set(project, "tokenizer", "dim", 64)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.stage", "tokenize"], cwd=project,
+                          capture_output=True, text=True, env=_env(project))
+    assert proc.returncode == 2 and "tokenizer.dim is 32 there, 64 in params.yaml" in proc.stderr
+    _run(project, "git", "checkout", "--", "params.yaml")
 
     _set(project, "extract_features", "batch_size", 7)
     out = _run(project, "dvc", "repro", "extract_features")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vfmtok.generate import generate, sample_logits
-from vfmtok.gpt import GPT_Tiny
+from vfmtok.gpt import build_gpt
 
 V, T, C = 64, 16, 10
 
@@ -14,7 +14,7 @@ V, T, C = 64, 16, 10
 def make_model(**kw):
     """A tiny random GPT whose head is re-initialised so that logits are far from uniform."""
     torch.manual_seed(0)
-    model = GPT_Tiny(vocab_size=V, n_tokens=T, num_classes=C, class_dropout=0.1,
+    model = build_gpt("GPT-Tiny", vocab_size=V, n_tokens=T, num_classes=C, class_dropout=0.1,
                      token_dropout=0.0, resid_dropout=0.0, attn_dropout=0.0, **kw)
     torch.nn.init.normal_(model.output.weight, std=0.2)
     return model.eval()

@@ -7,23 +7,17 @@ import math
 import pytest
 import torch
 
-from vfmtok.gpt import (
-    GPT_MODELS,
-    ClassEmbedder,
-    GPT_Tiny,
-    GPTConfig,
-    apply_rope,
-    build_gpt,
-    num_params,
-    rope_2d_tables,
-)
+from vfmtok.config import GPTConfig
+from vfmtok.gpt import GPT, GPT_MODELS, ClassEmbedder, apply_rope, build_gpt, rope_2d_tables
+from vfmtok.training import num_params
+from vfmtok.typed import ConfigError, validate
 
 NO_DROPOUT = dict(class_dropout=0.0, token_dropout=0.0, resid_dropout=0.0, attn_dropout=0.0)
 
 
 def tiny(**kw):
     torch.manual_seed(0)
-    return GPT_Tiny(**{"vocab_size": 64, "n_tokens": 16, "num_classes": 10, **NO_DROPOUT, **kw})
+    return build_gpt("GPT-Tiny", **{"vocab_size": 64, "n_tokens": 16, "num_classes": 10, **NO_DROPOUT, **kw})
 
 
 @pytest.mark.parametrize(
@@ -53,12 +47,12 @@ def test_zoo_sizes_and_registry():
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="perfect square"):
-        GPTConfig(n_tokens=200)
-    with pytest.raises(ValueError, match="divisible"):
-        GPTConfig(dim=100, n_head=12)
-    with pytest.raises(ValueError, match="n_kv_head"):
-        GPTConfig(n_head=12, n_kv_head=5)
+    with pytest.raises(ConfigError, match="perfect square"):
+        validate(GPTConfig(n_tokens=200))
+    with pytest.raises(ConfigError, match="must divide dim"):
+        validate(GPTConfig(dim=100, n_head=12))
+    with pytest.raises(ConfigError, match="n_kv_head"):
+        GPT(GPTConfig(n_head=12, n_kv_head=5))  # the model validates its config
     assert GPTConfig(dim=768).ffn_hidden == 2048  # LlamaGen: int(2/3 * 4 * 768) rounded to 256
 
 
@@ -162,3 +156,13 @@ def test_grouped_query_attention_is_smaller_and_runs():
     logits, loss = gqa(torch.randint(0, 64, (2, 16)), torch.tensor([0, 1]),
                        targets=torch.randint(0, 64, (2, 16)))
     assert logits.shape == (2, 16, 64) and torch.isfinite(loss)
+
+
+def test_save_pretrained_rebuilds_from_the_folder_alone(tmp_path):
+    model = tiny(token_dropout=0.2).eval()
+    torch.nn.init.normal_(model.output.weight, std=0.1)
+    model.save_pretrained(tmp_path / "gpt", name="GPT-Tiny")
+    loaded = GPT.from_pretrained(tmp_path / "gpt")
+    assert loaded.config == model.config and not loaded.training
+    idx, labels = torch.randint(0, 64, (2, 16)), torch.tensor([1, 3])
+    torch.testing.assert_close(loaded(idx, labels)[0], model(idx, labels)[0])

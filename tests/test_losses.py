@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torchvision.models import vgg
 
-from vfmtok.backbones import BackboneConfig, build_backbone
+from vfmtok.backbones import build_backbone
+from vfmtok.config import BackboneConfig, LossConfig
 from vfmtok.discriminator import Discriminator, hinge_d_loss, hinge_g_loss
-from vfmtok.losses import LossConfig, TokenizerLoss, feature_loss
+from vfmtok.losses import TokenizerLoss, feature_loss
 from vfmtok.lpips import LPIPS, VGG_CHANNELS
 
 SIZE = 64

@@ -17,8 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import orchestrate, stage_times
+from pipeline.layout import Layout
+from pipeline.orchestration import dvc_stages, flows, metrics_artifacts
+from pipeline.reporting import stage_times
+from pipeline.revisions import flatten
 from tests.conftest import FASHION_MNIST
+from vfmtok.typed import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,27 +104,16 @@ def _artifacts(flow_run_name: str) -> dict[str, object]:
 
 
 def test_dag_order_comes_from_dvc(tiny):
-    names = [s.name for s in orchestrate.dag_stages(tiny)]
+    names = [s.name for s in dvc_stages.dag_stages(tiny)]
     assert names[0] == "a" and names[-1] == "report" and sorted(names[1:3]) == ["b", "c"]
-    assert [s.name for s in orchestrate.dag_stages(tiny, ["b"])] == ["a", "b"]
-    assert {s.name: s.metrics for s in orchestrate.dag_stages(tiny)}["report"] == ["metrics.json"]
-
-
-def test_project_dag_has_every_stage_after_its_inputs():
-    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    order = [s.name for s in orchestrate.dag_stages(REPO)]
-    assert sorted(order) == sorted(spec) and order[0] == "prepare"
-    produced_by = {str(o): name for name, st in spec.items() for o in st.get("outs", [])}
-    for name in order:
-        for dep in spec[name].get("deps", []):
-            if dep in produced_by:
-                assert order.index(produced_by[dep]) < order.index(name), (dep, name)
+    assert [s.name for s in dvc_stages.dag_stages(tiny, ["b"])] == ["a", "b"]
+    assert {s.name: s.metrics for s in dvc_stages.dag_stages(tiny)}["report"] == ["metrics.json"]
 
 
 def test_flaky_stage_is_retried_and_a_second_run_reruns_nothing(tiny):
-    from pipeline.__main__ import main
+    from pipeline.cli import main
 
-    state = orchestrate.reproduce_flow(root=str(tiny), retries=2, retry_delay_s=0, return_state=True)
+    state = flows.reproduce_flow(root=str(tiny), retries=2, retry_delay_s=0, return_state=True)
     assert state.is_completed()
     result = state.result()
     by_stage = {t["stage"]: t for t in result["stages"]}
@@ -133,9 +126,9 @@ def test_flaky_stage_is_retried_and_a_second_run_reruns_nothing(tiny):
     assert [(r.stage, r.attempts) for r in first][::3] == [("a", 1), ("report", 1)] and len(first) == 4
     run1 = first[0].run
     arts = _artifacts(run1)
-    table = json.loads(arts[orchestrate.METRICS_KEY])
+    table = json.loads(arts[metrics_artifacts.METRICS_KEY])
     assert {"file": "metrics.json", "metric": "lines", "value": 9} in table
-    assert "First run" in arts[orchestrate.DIFF_KEY]
+    assert "First run" in arts[metrics_artifacts.DIFF_KEY]
 
     a_mtime = (tiny / "a.txt").stat().st_mtime_ns
     assert main(["--root", str(tiny), "reproduce", "--retries", "0"]) == 0  # the CLI, in-process
@@ -143,10 +136,10 @@ def test_flaky_stage_is_retried_and_a_second_run_reruns_nothing(tiny):
     assert [r.status for r in second] == ["up to date"] * 4 and all(r.attempts == 1 for r in second)
     assert (tiny / "a.txt").stat().st_mtime_ns == a_mtime
     run2 = second[0].run
-    assert json.loads((tiny / orchestrate.LAST_METRICS).read_text())["run"] == run2 != run1
-    diff = _artifacts(run2)[orchestrate.DIFF_KEY]
+    assert json.loads(Layout(tiny).last_metrics.read_text())["run"] == run2 != run1
+    diff = _artifacts(run2)[metrics_artifacts.DIFF_KEY]
     assert f"Against run `{run1}`" in diff and "| metrics.json | lines |" not in diff
-    md = (tiny / stage_times.MARKDOWN).read_text()
+    md = Layout(tiny).stage_times("md").read_text()
     assert f"| {run1} |" in md and f"| {run2} |" in md and "2 attempts" in md
 
 
@@ -157,26 +150,27 @@ def test_stage_failing_every_attempt_fails_the_flow_and_is_recorded(tmp_path):
             cmd: python -c "import sys; print('boom'); sys.exit(5)"
             outs: [never.txt]
         """, {})
-    state = orchestrate.reproduce_flow(root=str(root), retries=1, retry_delay_s=0, return_state=True)
+    state = flows.reproduce_flow(root=str(root), retries=1, retry_delay_s=0, return_state=True)
     assert state.is_failed()
-    with pytest.raises(orchestrate.StageFailed, match=r"broken` exited with \d+:\n(.|\n)*boom"):
+    with pytest.raises(dvc_stages.StageFailed, match=r"broken` exited with \d+:\n(.|\n)*boom"):
         state.result()
     (row,) = stage_times.read(root)
     assert (row.stage, row.status, row.attempts) == ("broken", "failed", 2)
-    assert not (root / orchestrate.LAST_METRICS).exists()
+    assert not Layout(root).last_metrics.exists()
 
 
 def test_diff_markdown_lists_only_changes_and_rows_are_strict_json():
     prev = {"run": "old", "finished_utc": "t", "metrics": {"r.json": {"acc": 0.5, "n": 10, "name": "x"}}}
     cur = {"r.json": {"acc": 0.75, "n": 10, "name": "y"}, "s.json": {"fid": 3.0}}
-    md = orchestrate.diff_markdown(prev, cur, "T")
+    md = metrics_artifacts.diff_markdown(prev, cur, "T")
     assert "| r.json | acc | 0.5 | 0.75 | +0.25 |" in md
     assert "| r.json | name | x | y |  |" in md and "| s.json | fid |  | 3 |  |" in md
     assert "| r.json | n |" not in md and "3 changed, 1 unchanged." in md
-    assert "First run" in orchestrate.diff_markdown(None, cur, "T")
-    flat = orchestrate._flatten({"a": {"b": 1, "c": [1, 2]}, "d": "s"})
-    assert flat == {"a.b": 1, "d": "s"}
-    rows = orchestrate.metrics_rows({"m.json": {"x": float("nan"), "y": 2}})
+    assert "First run" in metrics_artifacts.diff_markdown(None, cur, "T")
+    nested = {"a": {"b": 1, "c": [1, 2]}, "d": "s"}
+    assert flatten(nested, scalars_only=True) == {"a.b": 1, "d": "s"}
+    assert flatten(nested) == {"a.b": 1, "a.c": [1, 2], "d": "s"}
+    rows = metrics_artifacts.metrics_rows({"m.json": {"x": float("nan"), "y": 2}})
     assert [r["value"] for r in rows] == ["nan", 2] and json.loads(json.dumps(rows, allow_nan=False))
 
 
@@ -184,15 +178,13 @@ def test_diff_markdown_lists_only_changes_and_rows_are_strict_json():
 def test_params_overrides_use_dvc_grammar_and_are_validated(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text((REPO / "params" / "smoke.yaml").read_text())
-    orchestrate.apply_params(tmp_path, ["prepare.max_per_class_val=3", "extract_features.splits=[val]"])
+    flows.apply_params(tmp_path, ["prepare.max_per_class_val=3", "extract_features.splits=[val]"])
     data = yaml.safe_load(params.read_text())
     assert data["prepare"]["max_per_class_val"] == 3 and data["extract_features"]["splits"] == ["val"]
     assert "# The smoke profile" in params.read_text()  # DVC's writer keeps the comments
     before = params.read_text()
-    from pipeline.config import ParamsError
-
-    with pytest.raises(ParamsError, match="prepare.resolution"):
-        orchestrate.apply_params(tmp_path, ["prepare.resolution=4"])
+    with pytest.raises(ConfigError, match="prepare.resolution"):
+        flows.apply_params(tmp_path, ["prepare.resolution=4"])
     assert params.read_text() == before
 
 
@@ -202,7 +194,7 @@ def test_output_segments_split_lines_and_progress_redraws():
             return super().read1(1)
 
     data = b"Running stage 'x':\n\r 10%|#  \r 50%|## \r100%|###\nwin\r\nlast"
-    assert list(orchestrate._segments(Trickle(data))) == [
+    assert list(dvc_stages._segments(Trickle(data))) == [
         ("Running stage 'x':", False), ("", True), (" 10%|#", True), (" 50%|##", True),
         ("100%|###", False), ("win", False), ("last", False),
     ]
@@ -211,11 +203,11 @@ def test_output_segments_split_lines_and_progress_redraws():
 def test_stage_processes_get_no_run_variables(monkeypatch):
     monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "x")
     monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "WARNING")
-    env = orchestrate._child_env("http://127.0.0.1:1/api")
+    env = dvc_stages._child_env("http://127.0.0.1:1/api")
     assert "PREFECT__FLOW_RUN_ID" not in env and env["PREFECT_API_URL"] == "http://127.0.0.1:1/api"
     assert env["PREFECT_LOGGING_LEVEL"] == "INFO"
     monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "DEBUG")
-    debug = orchestrate._child_env(None)
+    debug = dvc_stages._child_env(None)
     assert debug["PREFECT_LOGGING_LEVEL"] == "DEBUG"
     assert debug.get("PREFECT_API_URL") == os.environ.get("PREFECT_API_URL")  # None: left as it is
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from pipeline.params import load_params
-from pipeline.train_ar import build_ar_model
 from tests.conftest import REPO
 from vfmtok import distributed
 from vfmtok.backbones import build_backbone
+from vfmtok.gpt import GPT
 from vfmtok.tokenizer import build_tokenizer
 
 
@@ -70,9 +70,10 @@ def test_tokenizer_at_paper_size_on_meta(paper_tokenizer):
     [("GPT-B", 111e6), ("GPT-L", 343e6), ("GPT-XL", 775e6), ("GPT-XXL", 1.4e9)],
 )
 def test_gpt_zoo_with_the_profile(params, name, expected):
-    p = dataclasses.replace(params, ar_model=dataclasses.replace(params.ar_model, model=name))
+    ar_model = dataclasses.replace(params.ar_model, model=name)
+    cfg = ar_model.gpt_config(params.tokenizer.codebook_size, params.tokenizer.n_tokens, num_classes=1000)
     with torch.device("meta"):
-        model = build_ar_model(p, num_classes=1000)  # ImageNet-1k
+        model = GPT(cfg)  # ImageNet-1k
     assert model.config.vocab_size == 16384 and model.config.n_tokens == 256
     n = sum(q.numel() for q in model.parameters())
     assert abs(n - expected) / expected < 0.02, f"{name}: {n / 1e6:.1f}M vs {expected / 1e6:.0f}M"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ParamsError
 from pipeline.params import load_params, profile_path
+from vfmtok.typed import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,22 +21,18 @@ def _write(tmp_path: Path, mutate) -> Path:
     return path
 
 
-def _error(tmp_path: Path, mutate) -> ParamsError:
+def _error(tmp_path: Path, mutate) -> ConfigError:
     path = _write(tmp_path, mutate)
-    with pytest.raises(ParamsError) as info:
+    with pytest.raises(ConfigError) as info:
         load_params(path)
     assert str(path) in str(info.value)
     return info.value
 
 
-def test_active_params_is_the_demo_profile():
-    assert (REPO / "params.yaml").read_text() == profile_path("demo", REPO).read_text()
-
-
 @pytest.mark.parametrize("name", ["demo", "smoke", "imagenet"])
-def test_every_profile_validates(name):
+def test_every_profile_validates_and_sizes_come_from_the_resolution(name):
     p = load_params(profile_path(name, REPO), check_paths=False)
-    assert p.backbone.image_size == p.prepare.resolution
+    assert p.backbone.image_size == p.tokenizer.image_size == p.prepare.resolution
 
 
 def test_imagenet_profile_is_the_paper_setup():
@@ -105,16 +101,34 @@ def test_random_init_refused_unless_allowed(tmp_path):
     assert load_params(ok).backbone.weights == "random"
 
 
-def test_inconsistent_sizes(tmp_path):
+def test_derived_keys_are_refused(tmp_path):
     e = _error(tmp_path, lambda d: d["backbone"].update(image_size=48))
-    assert e.key == "backbone.image_size" and "prepare.resolution" in str(e)
+    assert e.key == "backbone.image_size" and "set by prepare.resolution" in str(e)
+    e = _error(tmp_path, lambda d: d["tokenizer"].update(image_size=48))
+    assert e.key == "tokenizer.image_size"
+
+
+def test_cross_field_rules_name_the_key(tmp_path):
+    e = _error(tmp_path, lambda d: d["tokenizer"].update(n_tokens=15))
+    assert e.key == "tokenizer.n_tokens" and "perfect square" in str(e)
+    e = _error(tmp_path, lambda d: d["ar_model"].update(model="GPT-Huge"))
+    assert e.key == "ar_model.model" and "GPT-Tiny" in str(e)
+    e = _error(tmp_path, lambda d: d["train_tokenizer"]["loss"].update(perceptual="lpips"))
+    assert e.key == "train_tokenizer.loss.lpips_vgg_weights"
+
+
+def test_ar_model_maps_onto_the_gpt_config(tmp_path):
+    p = load_params(_write(tmp_path, lambda d: d["ar_model"].update(token_dropout=0.25)))
+    cfg = p.ar_model.gpt_config(vocab_size=64, n_tokens=16, num_classes=10)
+    got = (cfg.dim, cfg.n_layer, cfg.token_dropout, cfg.vocab_size, cfg.num_classes)
+    assert got == (128, 4, 0.25, 64, 10)
 
 
 def test_missing_and_malformed_file(tmp_path):
-    with pytest.raises(ParamsError, match="not found"):
+    with pytest.raises(ConfigError, match="not found"):
         load_params(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("prepare: [unclosed\n")
-    with pytest.raises(ParamsError, match="not valid YAML") as info:
+    with pytest.raises(ConfigError, match="not valid YAML") as info:
         load_params(bad)
     assert str(bad) in str(info.value)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import orchestrate
+from pipeline.orchestration import flows, metrics_artifacts, server
 from tests.conftest import FASHION_MNIST
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,10 +123,10 @@ def test_scheduled_retrain_on_a_real_server(project, tmp_path):
                                  stderr=subprocess.STDOUT, start_new_session=True)
     try:
         with temporary_settings(updates={PREFECT_API_URL: url}), get_client(sync_client=True) as client:
-            deployment = _wait_for_deployment(client, f"retrain/{orchestrate.DEPLOYMENT}", serve, log)
+            deployment = _wait_for_deployment(client, f"retrain/{flows.DEPLOYMENT}", serve, log)
             assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * 0"]
             run = run_deployment(
-                f"retrain/{orchestrate.DEPLOYMENT}", as_subflow=False, timeout=900, poll_interval=2,
+                f"retrain/{flows.DEPLOYMENT}", as_subflow=False, timeout=900, poll_interval=2,
                 parameters={"exp_name": "ci-smoke", "set_params": ["extract_features.batch_size=16"]},
             )
             assert run.state is not None and run.state.is_completed(), f"{run.state}:\n{_tail(log)}"
@@ -140,14 +140,14 @@ def test_scheduled_retrain_on_a_real_server(project, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(serve.pid, signal.SIGKILL)
             serve.wait()
-    assert not orchestrate.healthy(url), "stopping serve must stop the server it started"
+    assert not server.healthy(url), "stopping serve must stop the server it started"
 
     prepare = json.loads((project / "reports" / "prepare.json").read_text())
     assert prepare["images"] == 100  # smoke: (8 + 2) images x 10 classes
-    table = json.loads(artifacts[orchestrate.METRICS_KEY])
+    table = json.loads(artifacts[metrics_artifacts.METRICS_KEY])
     assert {"file": "reports/prepare.json", "metric": "images", "value": 100} in table
     assert any(r["file"] == "reports/extract_features.json" for r in table)
-    assert "First run" in artifacts[orchestrate.DIFF_KEY]
+    assert "First run" in artifacts[metrics_artifacts.DIFF_KEY]
     assert any("Running stage 'prepare'" in m for m in logs), "stage output must reach the API"
     assert any("Running stage 'extract_features'" in m for m in logs)
     assert any("for flow 'prepare'" in m for m in logs), "the stage's own Prefect logs must be forwarded"

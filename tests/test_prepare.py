@@ -12,9 +12,10 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from pipeline.extract_features import extract_features_flow
 from pipeline.params import profile_path
-from pipeline.prepare import prepare_flow
+from pipeline.stages.extract_features import extract_features_flow
+from pipeline.stages.prepare import prepare_flow
+from vfmtok.typed import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 WNIDS = ["n01440764", "n01443537"]
@@ -126,8 +127,6 @@ def test_prepare_flat_val_with_devkit_and_extract(tmp_path):
 
 
 def test_prepare_missing_source_is_a_clear_error(tmp_path):
-    from pipeline.config import ParamsError
-
     params = make_project(tmp_path, tmp_path / "nowhere")
-    with pytest.raises(ParamsError, match="prepare.path"):
+    with pytest.raises(ConfigError, match="prepare.path"):
         prepare_flow(params_file=str(params), root=str(params.parent))

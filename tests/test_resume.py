@@ -3,18 +3,18 @@ uninterrupted run (CPU, fixed seed): tokenizer (with EMA and GAN) and GPT."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from pipeline.token_stream import TokenStream
-from pipeline.tokens import TokenFile, TokenWriter
-from vfmtok.backbones import BackboneConfig, build_backbone
+from tests.helpers import CachedImages, tiny_tokenizer_config, write_token_file
+from vfmtok.backbones import build_backbone
+from vfmtok.config import ARTrainConfig, BackboneConfig, LossConfig, TokenizerTrainConfig
 from vfmtok.gpt import build_gpt
-from vfmtok.losses import LossConfig, TokenizerLoss
-from vfmtok.tokenizer import TokenizerConfig, build_tokenizer
-from vfmtok.train_ar import ARTrainConfig, train_ar
-from vfmtok.train_tokenizer import TokenizerTrainConfig, train_tokenizer
+from vfmtok.losses import TokenizerLoss
+from vfmtok.tokenizer import build_tokenizer
+from vfmtok.train_ar import train_ar
+from vfmtok.train_tokenizer import train_tokenizer
 from vfmtok.training import CHECKPOINT_NAME, StepSampler, load_checkpoint
 
 
@@ -29,28 +29,9 @@ def kill_at(step_to_die: int):
     return on_log
 
 
-class Images:
-    """In-memory TrainData: images and their cached backbone levels."""
-
-    def __init__(self, backbone, n=12):
-        g = torch.Generator().manual_seed(0)
-        self.x = torch.rand(n, 3, 32, 32, generator=g) * 2 - 1
-        self.levels = backbone(self.x).levels
-
-    def __len__(self):
-        return len(self.x)
-
-    def batch(self, idx, generator):
-        return self.x[idx], [lv[idx] for lv in self.levels]
-
-
 def _tokenizer_run(tmp, backbone, data, on_log=lambda s, l: None):
     torch.manual_seed(0)
-    tcfg = TokenizerConfig(kind="vfmtok", image_size=32, n_tokens=4, dim=16, enc_layers=1,
-                           dec_layers=1, n_heads=2, n_points=2, enc_ffn_dim=32, dec_ffn_dim=32,
-                           codebook_size=32, codebook_dim=4, pixel_grid=4, n_registers=1, conv_ch=8,
-                           conv_mult=[1, 1, 2, 2], conv_res_blocks=1)
-    model = build_tokenizer(tcfg, backbone)
+    model = build_tokenizer(tiny_tokenizer_config(), backbone)
     loss = TokenizerLoss(LossConfig(gan_start=2, gan_weight=0.1), backbone)
     cfg = TokenizerTrainConfig(steps=6, batch_size=4, lr=1e-3, warmup_steps=2, checkpoint_every=2,
                                ema_decay=0.9, loss=LossConfig(gan_start=2, gan_weight=0.1))
@@ -60,7 +41,7 @@ def _tokenizer_run(tmp, backbone, data, on_log=lambda s, l: None):
 
 def test_tokenizer_resume_equals_uninterrupted(tmp_path):
     backbone = build_backbone(BackboneConfig(kind="efficientnet_lite0", image_size=32))
-    data = Images(backbone)
+    data = CachedImages(backbone)
     ref_model, ref, ref_loss = _tokenizer_run(tmp_path / "a", backbone, data)
 
     with pytest.raises(Killed):
@@ -81,14 +62,6 @@ def test_tokenizer_resume_equals_uninterrupted(tmp_path):
     assert load_checkpoint(tmp_path / "b" / CHECKPOINT_NAME, expected_config="another") is None
 
 
-def _tokens(path, n=40):
-    rng = np.random.default_rng(0)
-    w = TokenWriter(path, 64, {"n_tokens": 16}, 8)
-    w.write([str(i) for i in range(n)], "train", rng.integers(0, 4, n), rng.integers(0, 64, (n, 16)), False)
-    w.close()
-    return TokenFile(path)
-
-
 def _ar_run(tmp, stream, on_log=lambda s, l: None):
     torch.manual_seed(0)
     model = build_gpt("GPT-Tiny", vocab_size=64, n_tokens=16, num_classes=4)
@@ -99,7 +72,7 @@ def _ar_run(tmp, stream, on_log=lambda s, l: None):
 
 
 def test_ar_resume_equals_uninterrupted(tmp_path):
-    f = _tokens(tmp_path / "t.parquet")
+    f = write_token_file(tmp_path / "t.parquet")
     ref, _ = _ar_run(tmp_path / "a", TokenStream(f, 8, 0))
     with pytest.raises(Killed):
         _ar_run(tmp_path / "b", TokenStream(f, 8, 0), on_log=kill_at(4))

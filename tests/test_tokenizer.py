@@ -3,32 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from vfmtok.backbones import BackboneConfig, build_backbone
-from vfmtok.tokenizer import TokenizerConfig, build_tokenizer, num_params, trainable_parameters
-
-# The demo size: 64 px, EfficientNet-Lite0 levels (40, 8x8), (112, 4x4), (320, 2x2); 4x4 tokens.
-DEMO = dict(
-    image_size=64, n_tokens=16, dim=128, enc_layers=2, dec_layers=2, n_heads=4, n_points=4,
-    enc_ffn_dim=256, dec_ffn_dim=344, codebook_size=1024, codebook_dim=8, pixel_grid=8, n_registers=4,
-    conv_ch=16, conv_mult=[1, 1, 2, 4], conv_res_blocks=1, vqgan_ch=16, vqgan_mult=[1, 1, 2, 2, 4],
-)  # fmt: skip
+from tests.helpers import demo_tokenizer_config, smooth_images
+from vfmtok.backbones import build_backbone
+from vfmtok.config import BackboneConfig, TokenizerConfig
+from vfmtok.pretrained import ConfigMismatch, require_same
+from vfmtok.tokenizer import Tokenizer, build_tokenizer
+from vfmtok.training import num_params
+from vfmtok.typed import ConfigError, to_dict, validate
 
 
 def demo_config(kind: str = "vfmtok", **overrides) -> TokenizerConfig:
-    return TokenizerConfig(kind=kind, **{**DEMO, **overrides})
-
-
-def smooth_images(n: int, seed: int = 0, size: int = 64) -> torch.Tensor:
-    """Deterministic low-frequency images in [-1, 1] (B, 3, size, size)."""
-    g = torch.Generator().manual_seed(seed)
-    low = torch.rand(n, 3, 4, 4, generator=g) * 2 - 1
-    return F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+    return demo_tokenizer_config(kind, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +139,8 @@ def test_gradients_reach_every_trained_part(backbone):
     for name, p in named.items():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     assert all(p.grad is None for p in model.backbone.parameters())
-    assert not any(p is q for p in trainable_parameters(model) for q in model.backbone.parameters())
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert not any(p is q for p in trained for q in model.backbone.parameters())
 
 
 def test_quant_batchnorm_off_and_eval_determinism(backbone):
@@ -217,7 +210,7 @@ def test_tiny_overfit_halves_pixel_mse_without_code_collapse(backbone):
     model = build_tokenizer(demo_config(), backbone).train()
     images = smooth_images(8, seed=5)
     levels = backbone(images).levels
-    opt = torch.optim.Adam(trainable_parameters(model), lr=1e-3, betas=(0.9, 0.95))
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3, betas=(0.9, 0.95))
     losses = []
     for _ in range(45):
         out = model(images, levels)
@@ -239,13 +232,14 @@ def test_tiny_overfit_halves_pixel_mse_without_code_collapse(backbone):
         (dict(conv_mult=[1, 2, 4]), "must equal image_size"),
         (dict(kind="vqgan", vqgan_mult=[1, 2, 4]), "sqrt\\(n_tokens\\)"),
         (dict(kind="vqgan", n_tokens=64), "sqrt\\(n_tokens\\)"),
-        (dict(dim=130), "divisible by n_heads"),
+        (dict(dim=130), "must divide dim"),
     ],
 )
-def test_check_rejects_inconsistent_configs(overrides, message):
+def test_validate_rejects_inconsistent_configs(overrides, message):
     cfg = dataclasses.replace(demo_config(), **overrides)
-    with pytest.raises(ValueError, match=message):
-        cfg.check()
+    with pytest.raises(ConfigError, match=message) as info:
+        validate(cfg, "tokenizer")
+    assert info.value.key.startswith("tokenizer.")
     with pytest.raises(ValueError, match=message):
         build_tokenizer(cfg, None)
 
@@ -256,6 +250,36 @@ def test_build_errors_for_backbone_mismatch(backbone):
     cfg = demo_config(image_size=128, pixel_grid=16)
     with pytest.raises(ValueError, match="backbone image_size 64"):
         build_tokenizer(cfg, backbone)
+
+
+@pytest.mark.parametrize("kind", ["vfmtok", "vqgan"])
+def test_save_pretrained_rebuilds_from_the_folder_alone(tmp_path, backbone, kind):
+    torch.manual_seed(0)
+    model = build_tokenizer(demo_config(kind), backbone if kind == "vfmtok" else None).eval()
+    digest = model.save_pretrained(tmp_path / "tok")
+    assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = Tokenizer.from_pretrained(tmp_path / "tok")  # builds its own backbone from config.json
+    assert not loaded.training and type(loaded) is type(model) and len(digest) == 64
+    images = smooth_images(3, seed=4)
+    assert torch.equal(loaded.encode(images), model.encode(images))
+    torch.testing.assert_close(loaded.decode(model.encode(images)), model.decode(model.encode(images)))
+
+
+def test_model_folder_errors_name_the_file_and_key(tmp_path, model):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        Tokenizer.from_pretrained(tmp_path / "nothing")
+    model.save_pretrained(tmp_path / "tok")
+    cfg_file = tmp_path / "tok" / "config.json"
+    meta = json.loads(cfg_file.read_text())
+    meta["tokenizer"]["n_tokens"] = 15
+    cfg_file.write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="tokenizer.n_tokens") as info:
+        Tokenizer.from_pretrained(tmp_path / "tok")
+    assert str(cfg_file) in str(info.value)
+    # A stored config that differs from what the caller expects names the key and both values.
+    with pytest.raises(ConfigMismatch, match=r"tokenizer\.dim is 128 there, 64 in params.yaml"):
+        require_same(tmp_path / "tok", "tokenizer", to_dict(demo_config()), to_dict(demo_config(dim=64)),
+                     "params.yaml")
 
 
 @pytest.mark.cuda

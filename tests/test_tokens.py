@@ -10,20 +10,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from pipeline.formats.tokens import TokenFile, TokenFileError, TokenWriter
 from pipeline.token_stream import TokenStream, iter_batches
-from pipeline.tokens import TokenFile, TokenFileError, TokenWriter
+from tests.helpers import random_tokens, write_token_file
 
 
 def write(path, n=50, codebook=1024, n_tokens=16, row_group=16, seed=0):
-    rng = np.random.default_rng(seed)
-    w = TokenWriter(path, codebook, {"n_tokens": n_tokens, "tokenizer_sha256": "abc"}, row_group)
-    tokens = rng.integers(0, codebook, (n, n_tokens))
-    labels = rng.integers(0, 10, n)
-    for i in range(0, n, 7):
-        w.write([f"img{j}" for j in range(i, min(i + 7, n))], "train", labels[i : i + 7],
-                tokens[i : i + 7], False)
-    w.close()
-    return tokens, labels
+    """A file written 7 rows a call (the writer regroups them), and the ids and labels in it."""
+    write_token_file(path, n, codebook, n_tokens, row_group, classes=10, seed=seed,
+                     meta={"tokenizer_sha256": "abc"}, chunk=7)
+    return random_tokens(n, codebook, n_tokens, classes=10, seed=seed)
 
 
 def test_round_trip_pandas_and_dataset(tmp_path):

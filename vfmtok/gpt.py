@@ -19,59 +19,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-@dataclass
-class GPTConfig:
-    """Architecture and regularisation of the generator (defaults: LlamaGen GPT-B on 16x16)."""
-
-    vocab_size: int = field(default=16384, metadata={"min": 2})
-    n_tokens: int = field(default=256, metadata={"min": 1})  # block size; a perfect square
-    dim: int = field(default=768, metadata={"min": 8})
-    n_layer: int = field(default=12, metadata={"min": 1})
-    n_head: int = field(default=12, metadata={"min": 1})
-    n_kv_head: int | None = field(default=None, metadata={"min": 1})  # None = n_head (no GQA)
-    multiple_of: int = field(default=256, metadata={"min": 1})  # SwiGLU hidden rounding
-    ffn_dim_multiplier: float | None = field(default=None, metadata={"min": 0.0})
-    norm_eps: float = field(default=1e-5, metadata={"min": 0.0})
-    rope_base: float = field(default=10000.0, metadata={"min": 1.0})
-    num_classes: int = field(default=1000, metadata={"min": 1})
-    class_dropout: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
-    token_dropout: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
-    resid_dropout: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})  # attn + FFN out
-    attn_dropout: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
-    init_std: float = field(default=0.02, metadata={"min": 0.0})
-
-    def __post_init__(self) -> None:
-        if self.dim % self.n_head:
-            raise ValueError(f"dim {self.dim} is not divisible by n_head {self.n_head}")
-        if (self.dim // self.n_head) % 4:
-            raise ValueError(f"head dim {self.head_dim} must be a multiple of 4 (2D RoPE)")
-        if self.n_head % self.kv_heads:
-            raise ValueError(f"n_head {self.n_head} is not divisible by n_kv_head {self.kv_heads}")
-        if math.isqrt(self.n_tokens) ** 2 != self.n_tokens:
-            raise ValueError(f"n_tokens {self.n_tokens} is not a perfect square (2D RoPE grid)")
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_kv_head or self.n_head
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_head
-
-    @property
-    def ffn_hidden(self) -> int:
-        """LlamaGen/Llama rounding: 2/3 of 4*dim, optional multiplier, up to ``multiple_of``."""
-        hidden = int(2 * (4 * self.dim) / 3)
-        if self.ffn_dim_multiplier is not None:
-            hidden = int(self.ffn_dim_multiplier * hidden)
-        return -(-hidden // self.multiple_of) * self.multiple_of
+from vfmtok import pretrained
+from vfmtok.config import GPT_SIZES, GPTConfig
+from vfmtok.typed import to_dict, validate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,6 +192,7 @@ class GPT(nn.Module):
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
+        validate(cfg)
         self.config = cfg
         self.cls_embedding = ClassEmbedder(cfg.num_classes, cfg.dim, cfg.class_dropout)
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
@@ -252,6 +210,21 @@ class GPT(nn.Module):
     def null_class(self) -> int:
         """Label index of the unconditional (CFG) class."""
         return self.config.num_classes
+
+    def save_pretrained(self, folder: str | Path, name: str = "", state: dict | None = None) -> str:
+        """``folder/{model.safetensors, config.json}`` (``name``: the zoo entry, for people);
+        returns the weights' sha256. ``state``: the weights to write instead of this module's
+        (the gathered full state of an FSDP2-sharded model)."""
+        return pretrained.save_folder(folder, "gpt", self.state_dict() if state is None else state,
+                                      {"gpt": to_dict(self.config), "zoo_name": name})
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> GPT:
+        """The GPT saved in ``folder``, in eval mode, rebuilt from its ``config.json`` alone."""
+        meta = pretrained.read_config(folder, "gpt")
+        model = cls(pretrained.section(meta, "gpt", GPTConfig, folder))
+        model.load_state_dict(pretrained.load_weights(folder))
+        return model.to(device).eval()
 
     def reset_parameters(self) -> None:
         """N(0, init_std) for every Linear/Embedding, then a zero output head (uniform logits)."""
@@ -339,54 +312,14 @@ class GPT(nn.Module):
         return self.output(self.norm(h)).float()
 
 
-def num_params(model: nn.Module, *, trainable_only: bool = False) -> int:
-    """Parameter count (works on the meta device)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
 # ---------------------------------------------------------------------------------------------
-# Model zoo (LlamaGen sizes; counts for vocab 16384, 256 tokens, 1000 classes)
+# The zoo (sizes in vfmtok.config.GPT_SIZES)
 # ---------------------------------------------------------------------------------------------
-def GPT_Tiny(**overrides) -> GPT:  # 0.85M + embeddings; CPU demos and tests
-    return GPT(GPTConfig(n_layer=4, n_head=4, dim=128, multiple_of=64, **overrides))
-
-
-def GPT_Small(**overrides) -> GPT:  # 4.8M + embeddings
-    return GPT(GPTConfig(n_layer=6, n_head=8, dim=256, multiple_of=64, **overrides))
-
-
-def GPT_B(**overrides) -> GPT:  # 111M
-    return GPT(GPTConfig(n_layer=12, n_head=12, dim=768, **overrides))
-
-
-def GPT_L(**overrides) -> GPT:  # 343M
-    return GPT(GPTConfig(n_layer=24, n_head=16, dim=1024, **overrides))
-
-
-def GPT_XL(**overrides) -> GPT:  # 775M
-    return GPT(GPTConfig(n_layer=36, n_head=20, dim=1280, **overrides))
-
-
-def GPT_XXL(**overrides) -> GPT:  # 1.4B
-    return GPT(GPTConfig(n_layer=48, n_head=24, dim=1536, **overrides))
-
-
-def GPT_2B(**overrides) -> GPT:  # 2.2B (VFMTok's size; head dim 64 like XL/XXL)
-    return GPT(GPTConfig(n_layer=48, n_head=30, dim=1920, **overrides))
-
-
-def GPT_3B(**overrides) -> GPT:  # 3.1B
-    return GPT(GPTConfig(n_layer=24, n_head=32, dim=3200, **overrides))
-
-
-GPT_MODELS: dict[str, Callable[..., GPT]] = {
-    "GPT-Tiny": GPT_Tiny, "GPT-Small": GPT_Small, "GPT-B": GPT_B, "GPT-L": GPT_L,
-    "GPT-XL": GPT_XL, "GPT-XXL": GPT_XXL, "GPT-2B": GPT_2B, "GPT-3B": GPT_3B,
-}
-
-
 def build_gpt(name: str, **overrides) -> GPT:
-    """Look ``name`` up in :data:`GPT_MODELS` and build it with config ``overrides``."""
-    if name not in GPT_MODELS:
-        raise ValueError(f"unknown GPT {name!r} (known: {', '.join(GPT_MODELS)})")
-    return GPT_MODELS[name](**overrides)
+    """The zoo entry ``name`` (a key of :data:`vfmtok.config.GPT_SIZES`) with config ``overrides``."""
+    if name not in GPT_SIZES:
+        raise ValueError(f"unknown GPT {name!r} (known: {', '.join(GPT_SIZES)})")
+    return GPT(GPTConfig(**{**GPT_SIZES[name], **overrides}))
+
+
+GPT_MODELS: dict[str, Callable[..., GPT]] = {name: partial(build_gpt, name) for name in GPT_SIZES}

@@ -1,4 +1,4 @@
-"""Offline Inception-v3 (TF graph 2015-12-05) features and the distribution metrics built on them.
+"""Offline Inception-v3 (TF graph 2015-12-05) features (the distances built on them: ``vfmtok.fid``).
 
 Why this file exists: FID/KID/precision-recall are only comparable across papers when computed with
 the original TensorFlow Inception graph. torch-fidelity re-implements that graph bit-faithfully
@@ -11,9 +11,6 @@ ever downloaded.
 Because the shipped file has no logits layer, the converted network has NaN `fc` weights: pool3
 (2048-d) features are exact, logits are poisoned on purpose. Inception Score therefore needs a full
 torch-fidelity weights file (`full_weights_path`); without one it is reported as absent (None).
-
-The metric functions take feature matrices, so they work in any feature space (Inception, a frozen
-backbone, ...); `distribution_metrics` labels its results with the extractor's name.
 """
 
 from __future__ import annotations
@@ -22,16 +19,16 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import io
-import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 import torch
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 from tqdm import tqdm
+
+from vfmtok import files
 
 EXTRACTOR_NAME = "inception-v3-compat"  # torch-fidelity's name for this exact network
 CONVERTED_FILE = "inception-2015-12-05_fidelity-layout_from-fid-helper.pth"
@@ -45,8 +42,8 @@ ArrayLike = np.ndarray | torch.Tensor
 # ----------------------------------------------------------------------------- conversion
 
 
-def _file_digest(path: Path, algo: str) -> str:
-    h = hashlib.new(algo)
+def _sha1_file(path: Path) -> str:
+    h = hashlib.sha1()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
@@ -126,17 +123,6 @@ def _convert_state_dict(ts_state: dict[str, torch.Tensor]) -> dict[str, torch.Te
             for k, v in out.items()}
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def checksum_path(weights_path: Path) -> Path:
     return weights_path.with_name(weights_path.name + ".sha256")
 
@@ -151,21 +137,20 @@ def convert_fid_helper_inception(dst_path: str | Path, *, verify: bool = True) -
     dst = Path(dst_path)
     dst.parent.mkdir(parents=True, exist_ok=True)
     src = fid_helper_torchscript_path()
-    if _file_digest(src, "sha1") != FID_HELPER_SHA1:
+    if _sha1_file(src) != FID_HELPER_SHA1:
         raise ValueError(f"{src} does not have the pinned sha1 {FID_HELPER_SHA1}")
     ts = torch.jit.load(str(src), map_location="cpu").eval()
     state = _convert_state_dict(dict(ts.state_dict()))
 
-    def write_and_check(tmp: str) -> None:
+    def write_and_check(tmp: Path) -> None:
         buf = io.BytesIO()  # saving to a buffer keeps the temp name out of the archive: same bytes
         torch.save(state, buf)
-        Path(tmp).write_bytes(buf.getbuffer())
+        tmp.write_bytes(buf.getbuffer())
         if verify:
-            _check_against_torchscript(Path(tmp), ts)
+            _check_against_torchscript(tmp, ts)
 
-    _atomic_write(dst, write_and_check)
-    digest = _file_digest(dst, "sha256")
-    _atomic_write(checksum_path(dst), lambda tmp: Path(tmp).write_text(f"{digest}  {dst.name}\n"))
+    files.write_with(dst, write_and_check)
+    files.write_text(checksum_path(dst), f"{files.sha256_file(dst)}  {dst.name}\n")
     return dst
 
 
@@ -200,7 +185,7 @@ def _checksum_ok(path: Path) -> bool:
     if not (path.is_file() and sums.is_file()):
         return False
     fields = sums.read_text().split()
-    return bool(fields) and fields[0] == _file_digest(path, "sha256")
+    return bool(fields) and fields[0] == files.sha256_file(path)
 
 
 def load_inception(
@@ -283,140 +268,3 @@ class InceptionFeatures:
                  progress: bool | None = None) -> np.ndarray:
         """(N, H, W, 3) uint8 -> (N, 2048) float64 pool3 features; tqdm bar when N is large."""
         return self.features_and_logits(images, batch_size, progress)[0]
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-def feature_stats(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N, D) -> mean (D,) and unbiased covariance (D, D), in float64."""
-    f = np.asarray(f, dtype=np.float64)
-    return f.mean(axis=0), np.cov(f, rowvar=False)
-
-
-def _psd_sqrt(s: np.ndarray) -> np.ndarray:
-    vals, vecs = scipy.linalg.eigh(s)
-    return (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
-
-
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
-                     sigma2: np.ndarray) -> float:
-    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2), any feature space.
-
-    tr((S1 S2)^1/2) is computed as tr((R S2 R)^1/2) with R = S1^1/2: both matrices are symmetric
-    PSD, so `eigh` applies and no complex parts or `sqrtm` convergence issues arise (S1 S2 itself is
-    not symmetric and is singular whenever N <= D). Mathematically equal to the sqrtm formula.
-    """
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
-        raise ValueError(f"shape mismatch: {mu1.shape} {s1.shape} vs {mu2.shape} {s2.shape}")
-    root = _psd_sqrt(s1)
-    m = root @ s2 @ root
-    tr_covmean = np.sqrt(np.clip(scipy.linalg.eigvalsh((m + m.T) / 2), 0.0, None)).sum()
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
-
-
-def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
-    """Frechet distance between two (N, D) feature sets (FID when they are Inception pool3).
-
-    When both N <= D the covariances are low rank and tr((S1 S2)^1/2) equals the nuclear norm of
-    A1 A2^T with A = centred features / sqrt(N - 1) (the nonzero eigenvalues of S1 S2 are the
-    squared singular values of A1 A2^T): exact and far cheaper than a D x D eigendecomposition.
-    """
-    f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
-    if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1] or min(len(f1), len(f2)) < 2:
-        raise ValueError(f"need two (N>=2, D) feature sets, got {f1.shape} and {f2.shape}")
-    if max(len(f1), len(f2)) > f1.shape[1]:
-        return frechet_distance(*feature_stats(f1), *feature_stats(f2))
-    mu1, mu2 = f1.mean(0), f2.mean(0)
-    a1 = (f1 - mu1) / np.sqrt(len(f1) - 1)
-    a2 = (f2 - mu2) / np.sqrt(len(f2) - 1)
-    tr_covmean = scipy.linalg.svdvals(a1 @ a2.T).sum()
-    diff = mu1 - mu2
-    return float(diff @ diff + (a1 * a1).sum() + (a2 * a2).sum() - 2.0 * tr_covmean)
-
-
-def _mmd2_unbiased_poly(x: np.ndarray, y: np.ndarray) -> float:
-    d = x.shape[1]
-    kxx = (x @ x.T / d + 1.0) ** 3
-    kyy = (y @ y.T / d + 1.0) ** 3
-    kxy = (x @ y.T / d + 1.0) ** 3
-    m = len(x)
-    off = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-    return float(off - 2.0 * kxy.mean())
-
-
-def kid_from_features(f1: np.ndarray, f2: np.ndarray, subsets: int = 100,
-                      subset_size: int | None = 1000, seed: int = 0) -> tuple[float, float]:
-    """Kernel Inception Distance (Binkowski et al. 2018): mean and std over random subsets.
-
-    Unbiased MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / D + 1)^3, as in the paper and
-    torch-fidelity. `subset_size` is capped at the smaller set (the estimator stays unbiased; only
-    its variance grows), where torch-fidelity would refuse.
-    """
-    f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
-    m = min(len(f1), len(f2), subset_size or len(f1))
-    if m < 2:
-        raise ValueError("KID needs at least 2 samples per set")
-    rng = np.random.default_rng(seed)
-    mmds = [_mmd2_unbiased_poly(f1[rng.choice(len(f1), m, replace=False)],
-                                f2[rng.choice(len(f2), m, replace=False)]) for _ in range(subsets)]
-    return float(np.mean(mmds)), float(np.std(mmds))
-
-
-def _kth_nn_radius(x: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
-    # (N,) distance to the k-th nearest other sample; the sample itself is the 1st (distance 0).
-    return torch.cat([torch.cdist(xb, x).kthvalue(k + 1, dim=1).values for xb in x.split(chunk)])
-
-
-def _covered(query: torch.Tensor, ref: torch.Tensor, radii: torch.Tensor, chunk: int) -> float:
-    # Fraction of queries inside at least one reference k-NN ball.
-    hits = [(torch.cdist(qb, ref) <= radii[None]).any(dim=1) for qb in query.split(chunk)]
-    return torch.cat(hits).double().mean().item()
-
-
-def precision_recall(f_real: np.ndarray, f_fake: np.ndarray, k: int = 3, chunk: int = 1024,
-                     device: str | torch.device = "cpu") -> tuple[float, float]:
-    """Improved precision and recall (Kynkaanniemi et al. 2019), k-NN manifold estimate.
-
-    precision: fraction of fake samples inside the real manifold (union of balls reaching each real
-    sample's k-th nearest real neighbour); recall: the same with the roles swapped.
-    """
-    real = torch.as_tensor(np.asarray(f_real, np.float64), device=device)
-    fake = torch.as_tensor(np.asarray(f_fake, np.float64), device=device)
-    if min(len(real), len(fake)) <= k:
-        raise ValueError(f"need more than k={k} samples per set")
-    precision = _covered(fake, real, _kth_nn_radius(real, k, chunk), chunk)
-    recall = _covered(real, fake, _kth_nn_radius(fake, k, chunk), chunk)
-    return precision, recall
-
-
-def inception_score(logits: np.ndarray | None, splits: int = 10) -> tuple[float, float] | None:
-    """Inception Score (Salimans et al. 2016) from (N, C) logits.
-
-    Mean and std of exp(E_x KL(p(y|x) || p(y))) over `splits` consecutive chunks (no shuffling).
-    None in, None out: without a logits layer IS is absent, never 0.
-    """
-    if logits is None:
-        return None
-    x = torch.as_tensor(np.asarray(logits, np.float64))
-    log_p = x.log_softmax(dim=1)  # (N, C)
-    scores = []
-    for chunk in log_p.tensor_split(splits):
-        log_q = chunk.exp().mean(0, keepdim=True).log()  # (1, C) marginal over the chunk
-        kl = (chunk.exp() * (chunk - log_q)).sum(1).mean()
-        scores.append(kl.exp().item())
-    return float(np.mean(scores)), float(np.std(scores))
-
-
-def distribution_metrics(f_real: np.ndarray, f_fake: np.ndarray, extractor: str, *,
-                         kid_subsets: int = 100, kid_subset_size: int | None = 1000,
-                         k: int = 3) -> dict[str, float]:
-    """FD, KID and precision/recall keyed `<metric>/<extractor>` (FD/inception-v3-compat is FID)."""
-    kid, kid_std = kid_from_features(f_real, f_fake, kid_subsets, kid_subset_size)
-    precision, recall = precision_recall(f_real, f_fake, k=k)
-    return {f"fd/{extractor}": fid_from_features(f_real, f_fake), f"kid/{extractor}": kid,
-            f"kid_std/{extractor}": kid_std, f"precision/{extractor}": precision,
-            f"recall/{extractor}": recall}

@@ -16,31 +16,15 @@ Everything is reduced in fp32, so the loss works inside a CUDA bf16 autocast reg
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vfmtok.backbones import FrozenBackbone
+from vfmtok.config import LossConfig
 from vfmtok.discriminator import Discriminator, hinge_d_loss, hinge_g_loss
 from vfmtok.lpips import LPIPS
-
-
-@dataclass
-class LossConfig:
-    """Weights and switches of the tokenizer's training objective (built from params.yaml)."""
-
-    pixel_weight: float = field(default=2.0, metadata={"min": 0.0, "max": 100.0})  # x MSE, as published
-    perceptual: Literal["lpips", "backbone", "none"] = "backbone"
-    perceptual_weight: float = field(default=1.0, metadata={"min": 0.0, "max": 100.0})
-    lpips_vgg_weights: str = ""  # local torchvision vgg16 state dict (needed for "lpips")
-    lpips_lin_weights: str = ""  # local LPIPS linear heads (the lpips package's vgg.pth format)
-    semantic_weight: float = field(default=1.0, metadata={"min": 0.0, "max": 100.0})
-    gan_weight: float = field(default=0.5, metadata={"min": 0.0, "max": 100.0})  # 0 = no GAN at all
-    gan_start: int = field(default=20000, metadata={"min": 0, "max": 10_000_000})  # GAN on from this step
-    disc_lr: float = field(default=1e-4, metadata={"min": 0.0, "max": 1.0})
 
 
 def feature_loss(pred_levels: list[Tensor], target_levels: list[Tensor]) -> Tensor:

@@ -15,6 +15,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from vfmtok.quantizer import code_histogram_stats
+
 ArrayLike = np.ndarray | torch.Tensor
 
 
@@ -76,14 +78,13 @@ def codebook_usage(indices: ArrayLike, codebook_size: int) -> tuple[float, float
 
     Perplexity reads as "effective number of codes": K for a uniform histogram, 1 for a collapse.
     """
-    idx = _numpy(indices).reshape(-1).astype(np.int64)
-    if idx.size == 0:
+    idx = torch.as_tensor(_numpy(indices).reshape(-1).astype(np.int64))
+    if idx.numel() == 0:
         raise ValueError("no indices")
     if idx.min() < 0 or idx.max() >= codebook_size:
         raise ValueError(f"indices outside [0, {codebook_size})")
-    counts = np.bincount(idx, minlength=codebook_size)
-    p = counts[counts > 0] / idx.size
-    return float((counts > 0).sum() / codebook_size), float(np.exp(-(p * np.log(p)).sum()))
+    usage, perplexity = code_histogram_stats(idx, codebook_size)
+    return float(usage), float(perplexity)
 
 
 def fit_probe(x: ArrayLike, y: ArrayLike, *, C: float = 1.0, max_iter: int = 1000,  # noqa: N803
@@ -114,3 +115,4 @@ def linear_probe(
     """
     clf = fit_probe(train_x, train_y, C=C, max_iter=max_iter, seed=seed)
     return float(clf.score(_numpy(val_x).reshape(len(val_x), -1), _numpy(val_y)))
+

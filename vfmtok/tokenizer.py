@@ -16,79 +16,24 @@ The frozen backbone is a submodule (so ``.to(device)`` moves it) but is left out
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vfmtok import pretrained
+from vfmtok.backbones import build_backbone
+from vfmtok.config import BackboneConfig, TokenizerConfig
 from vfmtok.decoder import ConvDecoder, SelfAttention, ViTDecoder
 from vfmtok.deform_attn import MSDeformAttn
 from vfmtok.quantizer import QuantizerStats, VectorQuantizer
+from vfmtok.typed import to_dict, validate
 from vfmtok.vqgan_encoder import VQGANEncoder
 
 ANCHOR_GAIN = 0.1  # initial LayerNorm gain of the anchor queries (see AnchorEncoder)
-
-
-@dataclass
-class TokenizerConfig:
-    """Tokenizer architecture (paper values as defaults, except kind/image_size/n_tokens)."""
-
-    kind: Literal["vfmtok", "vqgan"]
-    image_size: int = field(metadata={"min": 8, "max": 4096})  # must equal the backbone's
-    n_tokens: int = field(metadata={"min": 1, "max": 65536})  # perfect square
-    dim: int = field(default=512, metadata={"min": 8, "max": 8192})
-    enc_layers: int = field(default=6, metadata={"min": 1, "max": 64})
-    dec_layers: int = field(default=6, metadata={"min": 1, "max": 64})
-    n_heads: int = field(default=8, metadata={"min": 1, "max": 128})
-    n_points: int = field(default=4, metadata={"min": 1, "max": 64})
-    enc_ffn_dim: int = field(default=1024, metadata={"min": 1, "max": 65536})
-    dec_ffn_dim: int = field(default=1368, metadata={"min": 1, "max": 65536})
-    codebook_size: int = field(default=16384, metadata={"min": 2, "max": 1 << 20})
-    codebook_dim: int = field(default=12, metadata={"min": 1, "max": 1024})
-    beta: float = field(default=0.25, metadata={"min": 0.0, "max": 10.0})
-    pixel_grid: int = field(default=21, metadata={"min": 1, "max": 1024})
-    n_registers: int = field(default=4, metadata={"min": 0, "max": 256})
-    conv_ch: int = field(default=128, metadata={"min": 1, "max": 4096})
-    conv_mult: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 4], metadata={"min": 1, "max": 64})
-    conv_res_blocks: int = field(default=2, metadata={"min": 1, "max": 16})
-    vqgan_ch: int = field(default=128, metadata={"min": 1, "max": 4096})
-    vqgan_mult: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 4], metadata={"min": 1, "max": 64})
-    semantic: bool = True  # vfmtok only
-    # BatchNorm (no affine, no parameters) on the codebook_dim projection before L2 normalisation.
-    # Not in the paper: without it short runs at demo scale collapse to 1-2 codes within ~20 Adam
-    # steps (the pre-quant vectors share one large component that the first updates amplify).
-    quant_batchnorm: bool = True
-
-    @property
-    def grid(self) -> int:
-        """sqrt(n_tokens): side of the anchor / conv token grid."""
-        return math.isqrt(self.n_tokens)
-
-    def check(self) -> None:
-        """Raise ValueError for combinations that cannot build a working model."""
-        if self.kind not in ("vfmtok", "vqgan"):
-            raise ValueError(f"tokenizer kind must be 'vfmtok' or 'vqgan', got {self.kind!r}")
-        if self.grid * self.grid != self.n_tokens:
-            raise ValueError(f"n_tokens must be a perfect square (a token grid), got {self.n_tokens}")
-        if self.dim % self.n_heads != 0:
-            raise ValueError(f"dim {self.dim} is not divisible by n_heads {self.n_heads}")
-        if not self.conv_mult:
-            raise ValueError("conv_mult must have at least one level")
-        up = 2 ** (len(self.conv_mult) - 1)
-        if self.pixel_grid * up != self.image_size:
-            raise ValueError(
-                f"pixel_grid {self.pixel_grid} x 2**(len(conv_mult)-1) = {self.pixel_grid * up} must "
-                f"equal image_size {self.image_size} (the conv decoder upsamples x2 per extra level)"
-            )
-        if self.kind == "vqgan":
-            down = 2 ** (len(self.vqgan_mult) - 1)
-            if not self.vqgan_mult or self.image_size % down or self.image_size // down != self.grid:
-                raise ValueError(
-                    f"vqgan encoder: image_size {self.image_size} / 2**(len(vqgan_mult)-1) = "
-                    f"{self.image_size / down:g} must equal sqrt(n_tokens) = {self.grid}"
-                )
 
 
 @dataclass
@@ -268,6 +213,40 @@ class Tokenizer(nn.Module):
         """Dequantized unit code vectors (B, N, codebook_dim), e.g. for a linear probe."""
         return self.quantizer.lookup(indices)
 
+    # ------------------------------------------------------------------ model folders
+
+    @property
+    def backbone_config(self) -> BackboneConfig | None:
+        """The frozen backbone's config (None for the vqgan kind, which has none)."""
+        return None
+
+    def save_pretrained(self, folder: str | Path) -> str:
+        """``folder/{model.safetensors, config.json}``: the trainable weights (never the frozen
+        backbone's) and the tokenizer and backbone configs; returns the weights' sha256."""
+        bb = self.backbone_config
+        sections = {"tokenizer": to_dict(self.cfg), "backbone": None if bb is None else to_dict(bb)}
+        return pretrained.save_folder(folder, "tokenizer", self.state_dict(), sections)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu",
+                        backbone: nn.Module | None = None, backbone_weights: str | None = None) -> Tokenizer:
+        """The tokenizer saved in ``folder``, in eval mode, rebuilt from the folder alone.
+
+        The frozen backbone is built from the stored config (its weights: "bundled", or the
+        local file it names; ``backbone_weights`` points elsewhere on this machine), unless an
+        already built ``backbone`` of the same config is passed.
+        """
+        meta = pretrained.read_config(folder, "tokenizer")
+        cfg = pretrained.section(meta, "tokenizer", TokenizerConfig, folder)
+        if cfg.kind == "vfmtok" and backbone is None:
+            bb_cfg = pretrained.section(meta, "backbone", BackboneConfig, folder)
+            if backbone_weights:
+                bb_cfg = replace(bb_cfg, weights=backbone_weights)
+            backbone = build_backbone(bb_cfg)
+        model = build_tokenizer(cfg, backbone)
+        model.load_state_dict(pretrained.load_weights(folder))
+        return model.to(device).eval()
+
 
 class VFMTokenizer(Tokenizer):
     """Tokens from a frozen backbone's multi-level features via anchor queries (the paper's model)."""
@@ -284,6 +263,10 @@ class VFMTokenizer(Tokenizer):
         )  # fmt: skip
         self.register_state_dict_post_hook(_drop_backbone_keys)
         self.register_load_state_dict_pre_hook(_fill_backbone_keys)
+
+    @property
+    def backbone_config(self) -> BackboneConfig | None:
+        return getattr(self.backbone, "config", None)
 
     def _check_levels(self, levels: list[Tensor]) -> None:
         got = [(int(lv.shape[1]), tuple(lv.shape[-2:])) for lv in levels]
@@ -336,7 +319,7 @@ def _fill_backbone_keys(module: nn.Module, state_dict: dict, prefix: str, *args:
 def build_tokenizer(cfg: TokenizerConfig, backbone: Any = None) -> Tokenizer:
     """Build the tokenizer ``cfg`` describes. vfmtok needs ``backbone`` (a FrozenBackbone, or any
     object with ``level_channels``, ``level_shapes`` and ``image_size``); vqgan ignores it."""
-    cfg.check()
+    validate(cfg)
     if cfg.kind == "vqgan":
         return VQGANTokenizer(cfg)
     if backbone is None:
@@ -346,13 +329,3 @@ def build_tokenizer(cfg: TokenizerConfig, backbone: Any = None) -> Tokenizer:
             f"tokenizer image_size {cfg.image_size} != backbone image_size {backbone.image_size}"
         )
     return VFMTokenizer(cfg, backbone)
-
-
-def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Parameters that the optimizer should see (the frozen backbone's are excluded)."""
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def num_params(model: nn.Module, trainable_only: bool = True) -> int:
-    params = trainable_parameters(model) if trainable_only else list(model.parameters())
-    return sum(p.numel() for p in params)

@@ -11,14 +11,14 @@ checkpoints, which stay in the single-process format.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
 from vfmtok import distributed as D
+from vfmtok.config import ARTrainConfig
 from vfmtok.runtime import autocast
 from vfmtok.training import (
     CHECKPOINT_NAME,
@@ -28,23 +28,7 @@ from vfmtok.training import (
     set_lr,
     warmup_constant,
 )  # fmt: skip
-
-
-@dataclass
-class ARTrainConfig:
-    steps: int = field(metadata={"min": 1})
-    batch_size: int = field(metadata={"min": 1})  # global: each torchrun rank takes batch_size / world
-    lr: float = field(metadata={"min": 0.0})
-    warmup_steps: int = field(default=0, metadata={"min": 0})
-    weight_decay: float = field(default=0.05, metadata={"min": 0.0})
-    grad_clip: float = field(default=1.0, metadata={"min": 0.0})  # 0 = off
-    checkpoint_every: int = field(default=100, metadata={"min": 1})
-    val_every: int = field(default=50, metadata={"min": 1})
-    seed: int = 0
-    # Under torchrun: "auto" shards with FSDP2 from vfmtok.distributed.FSDP_MIN_PARAMS parameters
-    # (GPT-XL and larger), DDP below. Ignored by a single process.
-    parallel: Literal["auto", "ddp", "fsdp"] = "auto"
-    compile: bool = False  # torch.compile the forward (opt-in: compile time vs. step time)
+from vfmtok.typed import result_dict
 
 
 class TokenBatches(Protocol):
@@ -93,7 +77,7 @@ def train_ar(
     ``vfmtok.distributed.model_state`` to get its weights) and ``on_log`` runs on rank 0 only.
     """
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME
-    chash = config_hash(run_config if run_config is not None else asdict(cfg))
+    chash = config_hash(run_config if run_config is not None else result_dict(cfg))
     start = 0
     state = load_checkpoint(ckpt_path, chash)
     if state is not None:

@@ -14,7 +14,7 @@ augmentation the W-process run matches the one-process run; augmentation draws d
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from vfmtok import distributed as D
-from vfmtok.losses import LossConfig, TokenizerLoss
+from vfmtok.config import TokenizerTrainConfig
+from vfmtok.losses import TokenizerLoss
 from vfmtok.runtime import autocast
 from vfmtok.tokenizer import Tokenizer
 from vfmtok.training import (
@@ -36,21 +37,7 @@ from vfmtok.training import (
     step_generator,
     warmup_constant,
 )  # fmt: skip
-
-
-@dataclass
-class TokenizerTrainConfig:
-    steps: int = field(metadata={"min": 1})
-    batch_size: int = field(metadata={"min": 1})  # global: each torchrun rank takes batch_size / world
-    lr: float = field(metadata={"min": 0.0})
-    warmup_steps: int = field(default=0, metadata={"min": 0})
-    grad_clip: float = field(default=1.0, metadata={"min": 0.0})  # 0 = off
-    ema_decay: float = field(default=0.999, metadata={"min": 0.0, "max": 1.0})
-    checkpoint_every: int = field(default=100, metadata={"min": 1})
-    seed: int = 0
-    augment: bool = False  # flip + random crop; then features come from the backbone, not the cache
-    compile: bool = False  # torch.compile the tokenizer's forward (opt-in)
-    loss: LossConfig = field(default_factory=LossConfig)
+from vfmtok.typed import result_dict
 
 
 class TrainData(Protocol):
@@ -83,14 +70,15 @@ def train_tokenizer(
     checkpoint of the same ``run_config`` (model + training config). Under torchrun ``on_log``
     runs on rank 0 only."""
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME
-    chash = config_hash(run_config if run_config is not None else asdict(cfg))
+    chash = config_hash(run_config if run_config is not None else result_dict(cfg))
     rank, world = D.rank(), D.world()
     local_batch = D.per_rank_batch(cfg.batch_size, world)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.95))
-    gan = loss_fn.discriminator is not None and cfg.loss.gan_weight > 0
+    loss_cfg = loss_fn.cfg  # the objective's settings travel with the loss, once
+    gan = loss_fn.discriminator is not None and loss_cfg.gan_weight > 0
     d_params = list(loss_fn.discriminator.parameters()) if gan else []
-    opt_d = torch.optim.Adam(d_params, lr=cfg.loss.disc_lr, betas=(0.9, 0.95)) if d_params else None
+    opt_d = torch.optim.Adam(d_params, lr=loss_cfg.disc_lr, betas=(0.9, 0.95)) if d_params else None
     ema = EMA(model, cfg.ema_decay)
 
     start = 0
@@ -119,7 +107,7 @@ def train_tokenizer(
         with autocast(device):
             out = runner(images, levels)
             g = loss_fn.generator_losses(images, out.recon, step, image_levels=levels)
-            semantic = cfg.loss.semantic_weight * out.semantic_loss
+            semantic = loss_cfg.semantic_weight * out.semantic_loss
             total = sum(g.values()) + out.vq.loss + semantic
         opt.zero_grad(set_to_none=True)
         total.backward()

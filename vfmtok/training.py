@@ -9,15 +9,13 @@ checkpoints are written atomically so a kill never leaves a half-written one beh
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from vfmtok import files
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -100,7 +98,7 @@ def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> 
 
 def config_hash(cfg: Any) -> str:
     """A short hash of a JSON-able config: a checkpoint is resumed only by the config that made it."""
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return files.sha256_json(cfg)[:16]
 
 
 def rng_state() -> dict[str, torch.Tensor]:
@@ -118,19 +116,8 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write ``state`` to ``path`` atomically, flushed to disk before the rename."""
+    files.write_with(path, lambda tmp: torch.save(state, tmp), fsync=True)
 
 
 def load_checkpoint(path: str | Path, expected_config: str | None = None) -> dict[str, Any] | None:
@@ -143,3 +130,18 @@ def load_checkpoint(path: str | Path, expected_config: str | None = None) -> dic
     if expected_config is not None and state.get("config_hash") != expected_config:
         return None
     return state
+
+
+def num_params(model: nn.Module, trainable_only: bool = True) -> int:
+    """Parameter count, by default of what the optimizer trains (a frozen backbone is left out);
+    works on the meta device."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def steps_to_reach(curve: list[tuple[int, float]] | list[list[float]], target: float,
+                   higher_is_better: bool = False) -> int | None:
+    """The first step of a ``(step, value)`` curve at which ``value`` reaches ``target``."""
+    for step, value in curve:
+        if (value >= target) if higher_is_better else (value <= target):
+            return int(step)
+    return None

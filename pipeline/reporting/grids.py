@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline import artifacts
+from vfmtok import files
 
 
 def grid(rows: list[np.ndarray], pad: int = 2, scale: int = 1) -> np.ndarray:
@@ -25,4 +25,4 @@ def grid(rows: list[np.ndarray], pad: int = 2, scale: int = 1) -> np.ndarray:
 
 
 def save_png(path: Path, picture: np.ndarray) -> None:
-    artifacts.write_with(path, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"))
+    files.write_with(path, lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"))

@@ -1,19 +1,17 @@
-"""Comparing DVC experiments: ``compare`` (any two revisions) and ``claims`` (VFMTok vs the pixel-only
-baseline on the same data and AR budget, beside the paper's figures).
-
-Both read params and metrics through ``dvc.api`` at a revision (a commit, a branch or an
-experiment name), so they work on experiments made by ``dvc exp run`` as well as on commits.
-"""
+"""``vfmtok-pipeline claims``: VFMTok vs the pixel-only baseline on the same data and AR budget,
+measured as DVC experiments and set beside the paper's figures in ``reports/claims.md``."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
 import yaml
 
-from pipeline import artifacts
+from pipeline.layout import Layout
+from pipeline.revisions import read_json
+from vfmtok import files
+from vfmtok.training import steps_to_reach
 
 PAPER = {  # arXiv 2507.08441 (ImageNet 256x256); see shared/reference/vfmtok-method.md
     "tokens_per_image": "256 (vs 576 for grid tokenizers of similar quality)",
@@ -25,62 +23,10 @@ PAPER = {  # arXiv 2507.08441 (ImageNet 256x256); see shared/reference/vfmtok-me
 }
 
 
-def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
-
-def read_rev(rev: str | None, root: str = ".") -> tuple[dict, dict]:
-    """(flattened params, flattened metrics keyed by file) of the workspace (None) or a revision."""
-    import dvc.api
-
-    params = dvc.api.params_show(repo=root, rev=rev)
-    metrics = dvc.api.metrics_show(repo=root, rev=rev)
-    return _flatten(params), _flatten(metrics)
-
-
-def _delta(a: object, b: object) -> str:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
-        return f"{b - a:+.4g}"
-    return "" if a == b else "changed"
-
-
-def compare(rev_a: str, rev_b: str, root: str = ".") -> Path:
-    """Markdown table of the params that differ and of every metric, with B - A deltas."""
-    pa, ma = read_rev(rev_a, root)
-    pb, mb = read_rev(rev_b, root)
-    lines = [f"# {rev_a} vs {rev_b}", "", "## Params that differ", "",
-             f"| param | {rev_a} | {rev_b} |", "|---|---|---|"]
-    lines += [f"| {k} | {pa.get(k)} | {pb.get(k)} |" for k in sorted(set(pa) | set(pb))
-              if pa.get(k) != pb.get(k)]
-    lines += ["", "## Metrics", "", f"| metric | {rev_a} | {rev_b} | delta |", "|---|---|---|---|"]
-    for k in sorted(set(ma) | set(mb)):
-        a, b = ma.get(k), mb.get(k)
-        if isinstance(a, list) or isinstance(b, list):
-            continue  # curves: see `dvc plots diff`
-        lines.append(f"| {k} | {a} | {b} | {_delta(a, b)} |")
-    safe = lambda s: "".join(c if c.isalnum() or c in "-_" else "_" for c in s)  # noqa: E731
-    out = Path(root) / "reports" / f"compare_{safe(rev_a)}_vs_{safe(rev_b)}.md"
-    artifacts.write_text(out, "\n".join(lines) + "\n")
-    return out
-
-
-def _read_json_files(rev: str, root: str) -> dict[str, dict]:
+def _read_reports(rev: str, root: str) -> dict[str, dict]:
     """The evaluate and train_ar reports as that revision (commit or experiment) has them."""
-    import dvc.api
-
-    return {name: json.loads(dvc.api.read(f"reports/{name}.json", repo=root, rev=rev))
-            for name in ("metrics", "train_ar")}
-
-
-def steps_to_reach(curve: list[list[float]], threshold: float) -> int | None:
-    return next((int(s) for s, loss in curve if loss <= threshold), None)
+    return {name: read_json(rev, f"reports/{name}.json", root) for name in ("metrics", "train_ar")}
 
 
 def run_claim_experiments(root: str = ".") -> None:
@@ -96,14 +42,14 @@ def run_claim_experiments(root: str = ".") -> None:
     # `-S` rewrites params.yaml (comments and layout lost); keep the user's file when the values
     # are the same, as they are when the profile's kind is vfmtok.
     if yaml.safe_load(params_file.read_text()) == yaml.safe_load(original):
-        artifacts.write_text(params_file, original)
+        files.write_text(params_file, original)
 
 
 def claims(root: str = ".", run: bool = False) -> Path:
     """Write ``reports/claims.md``: the paper's claims measured in miniature, beside its figures."""
     if run:
         run_claim_experiments(root)
-    got = {kind: _read_json_files(f"claims-{kind}", root) for kind in ("vfmtok", "vqgan")}
+    got = {kind: _read_reports(f"claims-{kind}", root) for kind in ("vfmtok", "vqgan")}
 
     def m(kind: str, key: str) -> object:
         return got[kind]["metrics"].get(key)
@@ -137,6 +83,6 @@ def claims(root: str = ".", run: bool = False) -> Path:
               f"{'n/a' if speedup is None else f'{speedup:.2f}x'}. Val losses of two tokenizers are "
               "losses over different vocabularies' token distributions; read them with that caveat.",
               ""]
-    out = Path(root) / "reports" / "claims.md"
-    artifacts.write_text(out, "\n".join(lines))
+    out = Layout(Path(root)).reports / "claims.md"
+    files.write_text(out, "\n".join(lines))
     return out

@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 import io
 
-from pipeline import artifacts
-from pipeline.artifacts import Layout
+from pipeline.layout import Layout
 from pipeline.params import Params
+from vfmtok import files
 
 HOW = {
     "gfid": "FID of the samples vs the val reference images (torch-fidelity Inception-v3, "
@@ -31,13 +31,12 @@ HOW = {
 
 
 def write_metrics(layout: Layout, params: Params, metrics: dict, extractor: str, backbone: str) -> None:
-    r = layout.reports
-    artifacts.write_json(r / "metrics.json", metrics)
+    files.write_json(layout.metrics_table("json"), metrics)
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["metric", "value"])
     w.writerows(metrics.items())
-    artifacts.write_text(r / "metrics.csv", buf.getvalue())
+    files.write_text(layout.metrics_table("csv"), buf.getvalue())
 
     lines = [
         "# Metrics", "",
@@ -57,4 +56,4 @@ def write_metrics(layout: Layout, params: Params, metrics: dict, extractor: str,
               "[tokenizer_recon.png](tokenizer_recon.png)",
               "- Samples, a row per class: [samples.png](samples.png); per class: [samples/](samples/)",
               "- Training curves: `dvc plots show` (reports/train_tokenizer, reports/train_ar)", ""]
-    artifacts.write_text(r / "metrics.md", "\n".join(lines))
+    files.write_text(layout.metrics_table("md"), "\n".join(lines))

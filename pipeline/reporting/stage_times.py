@@ -15,10 +15,9 @@ import io
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from pipeline import artifacts
+from pipeline.layout import Layout
+from vfmtok import files
 
-CSV = Path("reports") / "stage_times.csv"
-MARKDOWN = Path("reports") / "stage_times.md"
 MAX_RUNS_SHOWN = 50
 
 
@@ -38,7 +37,7 @@ COLUMNS = [f.name for f in fields(StageTime)]
 
 def read(root: str | Path) -> list[StageTime]:
     """Every recorded row, oldest first (an absent file is an empty history)."""
-    path = Path(root) / CSV
+    path = Layout(Path(root)).stage_times("csv")
     if not path.is_file():
         return []
     rows = []
@@ -64,8 +63,9 @@ def append(root: str | Path, new: list[StageTime]) -> None:
         d["seconds"] = f"{r.seconds:.3f}"
         d["work_seconds"] = "" if r.work_seconds is None else f"{r.work_seconds:.3f}"
         writer.writerow(d)
-    artifacts.write_text(Path(root) / CSV, buf.getvalue())
-    artifacts.write_text(Path(root) / MARKDOWN, render_markdown(rows))
+    layout = Layout(Path(root))
+    files.write_text(layout.stage_times("csv"), buf.getvalue())
+    files.write_text(layout.stage_times("md"), render_markdown(rows))
 
 
 def _cell(r: StageTime) -> str:

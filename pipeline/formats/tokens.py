@@ -10,7 +10,7 @@ the schema and that every id is below the codebook size, naming the file and the
 
 from __future__ import annotations
 
-import os
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,11 +18,25 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.errors import FormatError
+from vfmtok import files
+
 META_PREFIX = "vfmtok."
+MANIFEST = "manifest.json"
 
 
-class TokenFileError(ValueError):
+class TokenFileError(FormatError):
     """A token file that does not match the schema or the codebook; names the file (and row)."""
+
+
+def split_file(folder: Path, split: str) -> Path:
+    return folder / f"{split}.parquet"
+
+
+def write_manifest(folder: Path, files_info: list[dict], codebook_size: int, n_tokens: int,
+                   tokenizer_sha256: str) -> None:
+    files.write_json(folder / MANIFEST, {"files": files_info, "codebook_size": codebook_size,
+                                         "n_tokens": n_tokens, "tokenizer_sha256": tokenizer_sha256})
 
 
 def token_type(codebook_size: int) -> pa.DataType:
@@ -44,8 +58,8 @@ class TokenWriter:
     def __init__(self, path: Path, codebook_size: int, meta: dict[str, str], row_group_size: int):
         self.path, self.codebook_size, self.row_group_size = path, codebook_size, row_group_size
         self.schema = schema(codebook_size, {"codebook_size": codebook_size, **meta})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = path.with_name(f".{path.name}.tmp")  # renamed into place by close()
+        self._atomic = contextlib.ExitStack()  # the temp file is renamed into place by close()
+        self._tmp = self._atomic.enter_context(files.atomic_path(path))
         self._writer = pq.ParquetWriter(self._tmp, self.schema, compression="zstd")
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
@@ -81,11 +95,12 @@ class TokenWriter:
         if self._pending_rows:
             self._flush(self._pending_rows)
         self._writer.close()
-        os.replace(self._tmp, self.path)
+        self._atomic.close()  # rename into place
 
     def abort(self) -> None:
+        """Drop everything written so far; ``path`` is left as it was."""
         self._writer.close()
-        self._tmp.unlink(missing_ok=True)
+        self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
 
 class TokenFile:

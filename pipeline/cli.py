@@ -1,0 +1,114 @@
+"""``vfmtok-pipeline`` (or ``python -m pipeline``): run one stage's Prefect flow, and the tools
+around the pipeline.
+
+``vfmtok-pipeline STAGE`` runs a stage exactly as ``dvc.yaml``'s ``python -m pipeline.stage STAGE``
+does (``pipeline/stage.py``). A user
+error (bad params, source, token file, missing model) prints one ``error:`` line and exits with 2;
+``--debug`` (or ``VFMTOK_DEBUG=1``) shows the traceback instead. ``check``, ``profile`` and
+``deps`` import no torch and no Prefect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from pipeline import errors, prefect_env, stage
+
+
+def _use_profile(name: str, root: str) -> None:
+    from pipeline.params import load_params, profile_path
+
+    src = profile_path(name, root)
+    if not src.is_file():
+        known = sorted(p.stem for p in src.parent.glob("*.yaml"))
+        raise errors.UserError(f"{src}: no such profile (known: {', '.join(known)})")
+    load_params(src)  # refuse to activate a profile that does not validate here
+    shutil.copyfile(src, Path(root) / "params.yaml")
+    print(f"params.yaml is now the {name!r} profile ({src})")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vfmtok-pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default=".", help="project root (default: .)")
+    parser.add_argument("--debug", action="store_true", help="full tracebacks for user errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in stage.STAGES:
+        sub.add_parser(name, help=f"run the {name} stage").add_argument("--params", default="params.yaml")
+    sub.add_parser("profile", help="activate params/NAME.yaml").add_argument("name")
+    chk = sub.add_parser("check", help="validate a params file")
+    chk.add_argument("file", nargs="?", default="params.yaml")
+    deps = sub.add_parser("deps", help="each stage's project modules; --check: against dvc.yaml")
+    deps.add_argument("--check", action="store_true")
+    deps.add_argument("--write", action="store_true", help="rewrite the module deps in dvc.yaml")
+    cmp = sub.add_parser("compare", help="Markdown table of two revisions' params and metrics")
+    cmp.add_argument("rev_a", help="a commit, branch or DVC experiment name")
+    cmp.add_argument("rev_b")
+    clm = sub.add_parser("claims", help="VFMTok vs the VQGAN baseline -> reports/claims.md")
+    clm.add_argument("--run", action="store_true",
+                     help="run the two DVC experiments first (otherwise read existing ones)")
+    rep = sub.add_parser("reproduce", help="dvc repro as one Prefect flow, a task per stage")
+    rep.add_argument("targets", nargs="*", help="stages to update, with their upstream (default: all)")
+    srv = sub.add_parser("serve", help="serve the scheduled retrain (a named `dvc exp run` per run)")
+    srv.add_argument("--cron", default="0 3 * * 0", help='schedule (default: "0 3 * * 0", Sundays 03:00)')
+    srv.add_argument("--name", default="vfmtok-retrain", help="deployment name")
+    srv.add_argument("--set", dest="set_params", action="append", default=[], metavar="KEY=VALUE",
+                     help="params override for every scheduled run, as `dvc exp run -S` (repeatable)")
+    srv.add_argument("--start-server", action="store_true", help="also run `prefect server` on 127.0.0.1")
+    srv.add_argument("--port", type=int, default=4200, help="Prefect server port on 127.0.0.1")
+    for s in (rep, srv):
+        s.add_argument("--retries", type=int, default=2, help="retries of a failing stage")
+        s.add_argument("--retry-delay", type=float, default=10.0, help="first retry delay, doubling after")
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "profile":
+        _use_profile(args.name, args.root)
+    elif args.command == "check":
+        from pipeline.params import load_params
+
+        load_params(args.file)
+        print(f"{args.file}: ok")
+    elif args.command == "deps":
+        from pipeline import deps
+
+        return deps.cli(Path(args.root), check=args.check, rewrite=args.write)
+    elif args.command == "compare":
+        from pipeline.experiments.compare import compare
+
+        print(f"wrote {compare(args.rev_a, args.rev_b, args.root)}")
+    elif args.command == "claims":
+        from pipeline.experiments.claims import claims
+
+        print(f"wrote {claims(args.root, run=args.run)}")
+    elif args.command == "reproduce":
+        from pipeline.orchestration.flows import reproduce_flow
+
+        state = reproduce_flow(root=args.root, targets=args.targets or None, retries=args.retries,
+                               retry_delay_s=args.retry_delay, return_state=True)
+        return 0 if state.is_completed() else 1
+    elif args.command == "serve":
+        from pipeline.orchestration.server import serve
+
+        serve(args.root, args.cron, args.name, args.set_params, args.start_server, args.port,
+              args.retries, args.retry_delay)
+    else:
+        stage.run(args.command, args.params, args.root)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.debug:
+        os.environ[errors.DEBUG_ENV] = "1"
+    prefect_env.configure(args.root)
+    return stage.guarded(lambda: _dispatch(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Prefect around DVC: the pipeline as one flow, scheduled retrains, metrics artifacts."""

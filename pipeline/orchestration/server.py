@@ -1,0 +1,98 @@
+"""``serve``: the retrain on a cron schedule (and ``reproduce`` on demand) against a Prefect server,
+optionally one we start ourselves on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from pipeline.layout import Layout
+from pipeline.orchestration.flows import DEPLOYMENT, reproduce_flow, retrain_flow
+
+
+def healthy(api_url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def start_server(port: int, log_path: Path, timeout: float = 180.0) -> subprocess.Popen:
+    """``prefect server start`` on 127.0.0.1 only; returns once its API answers."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_SERVER_API_HOST"] = "127.0.0.1"
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url, deadline = f"http://127.0.0.1:{port}/api", time.monotonic() + timeout
+    while not healthy(url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_server(proc)
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"prefect server did not start on 127.0.0.1:{port}; {log_path}:\n{tail}")
+        time.sleep(0.5)
+    return proc
+
+
+def stop_server(proc: subprocess.Popen | None, timeout: float = 30.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def serve(
+    root: str = ".", cron: str = "0 3 * * 0", name: str = DEPLOYMENT, set_params: list[str] | None = None,
+    start: bool = False, port: int = 4200, retries: int = 2, retry_delay_s: float = 10.0,
+) -> None:
+    """Serve ``retrain`` on ``cron`` (and ``reproduce``, on demand) until interrupted.
+
+    ``start``: also run ``prefect server start`` on 127.0.0.1:``port`` for as long as we serve.
+    Without it, the server at ``PREFECT_API_URL`` (default http://127.0.0.1:PORT/api) must be up.
+    """
+    import prefect
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.types.entrypoint import EntrypointType
+
+    path = Path(root).resolve()
+    url = (None if start else os.environ.get("PREFECT_API_URL")) or f"http://127.0.0.1:{port}/api"
+    server = None
+    if start:
+        log = Path(os.environ.get("PREFECT_HOME", Layout(path).prefect_home)) / "server.log"
+        print(f"starting prefect server on 127.0.0.1:{port} (log: {log})")
+        server = start_server(port, log)
+    elif not healthy(url):
+        raise SystemExit(f"no Prefect server answers at {url}: add --start-server, or start one with "
+                         f"`prefect server start --host 127.0.0.1 --port {port}`")
+    os.environ["PREFECT_API_URL"] = url  # for the flow-run subprocesses and the stages they start
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops serving like Ctrl-C
+    common = {"root": str(path), "retries": retries, "retry_delay_s": retry_delay_s}
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            prefect.serve(
+                retrain_flow.to_deployment(
+                    name, cron=cron, parameters={**common, "set_params": set_params or []},
+                    description="Scheduled retrain: the DVC stages, then `dvc exp run -n NAME`.",
+                    entrypoint_type=EntrypointType.MODULE_PATH,
+                ),
+                reproduce_flow.to_deployment(
+                    "vfmtok-reproduce", parameters=common, entrypoint_type=EntrypointType.MODULE_PATH,
+                    description="`dvc repro` as a task per stage, on demand.",
+                ),
+                limit=1,  # one DVC run at a time in this workspace
+            )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop_server(server)

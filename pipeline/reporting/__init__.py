@@ -1,0 +1,1 @@
+"""What people read: metric tables, image grids, training curves (DVCLive), stage timings."""

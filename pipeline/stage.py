@@ -1,0 +1,62 @@
+"""Run one DVC stage: ``python -m pipeline.stage NAME [--params FILE] [--debug]`` (what ``dvc.yaml``
+calls; ``vfmtok-pipeline NAME`` is the same).
+
+This entry imports only the stage's own module, so a stage process loads exactly the code listed
+as its ``deps`` in ``dvc.yaml`` (``pipeline/deps.py`` checks that). A user error prints one
+``error:`` line and exits with 2; ``--debug`` (or ``VFMTOK_DEBUG=1``) shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Callable
+
+from pipeline import errors, prefect_env
+
+STAGES = ["prepare", "extract_features", "train_tokenizer", "tokenize", "train_ar", "sample", "evaluate"]
+
+
+def module_name(stage: str) -> str:
+    return f"pipeline.stages.{stage}"
+
+
+def guarded(fn: Callable[[], int | None]) -> int:
+    """Run ``fn``; a user error becomes one ``error:`` line on stderr and exit status 2."""
+    try:
+        return fn() or 0
+    except errors.USER_ERRORS as e:
+        if errors.debug_enabled():
+            raise
+        print(f"error: {errors.one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def run(stage: str, params_file: str = "params.yaml", root: str = ".") -> dict:
+    """The stage's Prefect flow, in this process. The params file is validated first, so a bad
+    one fails in milliseconds, before Prefect or torch is even imported."""
+    from pipeline.params import load_params
+
+    prefect_env.configure(root)
+    load_params(params_file)
+    module = importlib.import_module(module_name(stage))
+    errors.quiet_prefect()  # after Prefect has set up its loggers
+    return getattr(module, f"{stage}_flow")(params_file=params_file, root=root)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.stage", description=__doc__)
+    parser.add_argument("stage", choices=STAGES)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--root", default=".")
+    parser.add_argument("--debug", action="store_true", help="full tracebacks for user errors")
+    args = parser.parse_args(argv)
+    if args.debug:
+        os.environ[errors.DEBUG_ENV] = "1"
+    return guarded(lambda: run(args.stage, args.params, args.root) and None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per DVC stage: its Prefect flow and tasks, and nothing another stage imports."""

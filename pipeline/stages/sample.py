@@ -1,0 +1,99 @@
+"""Stage ``sample``: class-conditional samples from the GPT, decoded by the EMA tokenizer.
+
+Reads ``sample``, ``data/gpt``, ``data/tokenizer``, ``data/prepared/classes.json``; writes
+``data/samples`` (``pipeline/formats/samples.py``), ``reports/samples/<class>.png`` (a grid per
+class), ``reports/samples.png`` (all classes) and ``reports/sample.json`` (images/s and
+tokens/s, with and without the KV cache).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from pipeline.formats import prepared, samples
+from pipeline.layout import Layout
+from pipeline.params import Params, load_params
+from pipeline.reporting import grids
+from pipeline.trained import load_gpt, load_tokenizer
+from vfmtok import files
+from vfmtok.generate import generate
+from vfmtok.gpt import GPT
+from vfmtok.images import to_uint8
+from vfmtok.runtime import autocast, pick_device
+
+
+def _generate(model: GPT, labels: torch.Tensor, params: Params, use_kv_cache: bool,
+              generator: torch.Generator) -> torch.Tensor:
+    s, device = params.sample, labels.device
+    with autocast(device):
+        return generate(model, labels, model.config.n_tokens, temperature=s.temperature,
+                        top_k=s.top_k, top_p=s.top_p, cfg_scale=s.cfg_scale,
+                        use_kv_cache=use_kv_cache, generator=generator)
+
+
+@task(cache_policy=NO_CACHE)
+def speed(model: GPT, params: Params, device: torch.device) -> dict:
+    """Tokens/s of one batch with and without the KV cache (same seed, same samples)."""
+    labels = torch.arange(params.sample.speed_batch, device=device) % model.config.num_classes
+    out = {}
+    for name, kv in (("kv_cache", True), ("no_cache", False)):
+        g = torch.Generator(device=device).manual_seed(params.sample.seed)
+        start = time.perf_counter()
+        _generate(model, labels, params, kv, g)
+        seconds = time.perf_counter() - start
+        out[f"tokens_per_s_{name}"] = round(len(labels) * model.config.n_tokens / seconds, 1)
+    out["kv_cache_speedup"] = round(out["tokens_per_s_kv_cache"] / out["tokens_per_s_no_cache"], 2)
+    return out
+
+
+def _save_grids(layout: Layout, images: np.ndarray, classes: list[dict], per_class: int) -> None:
+    """A grid per class (8 a row) and one overview (up to 20 classes x 8 samples)."""
+    by_class = images.reshape(len(classes), per_class, *images.shape[1:])
+    for c, cls in enumerate(classes):
+        name = re.sub(r"[^A-Za-z0-9]+", "_", cls["name"]).strip("_")
+        rows = [by_class[c, j : j + 8] for j in range(0, per_class, 8)]
+        grids.save_png(layout.sample_grids / f"{c:03d}_{name}.png", grids.grid(rows, scale=2))
+    overview = [by_class[c, : min(8, per_class)] for c in range(min(len(classes), 20))]
+    grids.save_png(layout.picture("samples"), grids.grid(overview, scale=2))
+
+
+@flow(name="sample")
+def sample_flow(params_file: str = "params.yaml", root: str = ".") -> dict:
+    params = load_params(params_file)
+    s, layout = params.sample, Layout(Path(root))
+    device = pick_device(s.device)
+    classes = prepared.read_classes(layout.prepared)
+    gpt = load_gpt(layout, params, len(classes), device)
+    tokenizer, _ = load_tokenizer(layout, params, device)
+    labels = torch.arange(len(classes)).repeat_interleave(s.per_class)
+    g = torch.Generator(device=device).manual_seed(s.seed)
+
+    start, decoded = time.perf_counter(), []
+    for i in range(0, len(labels), s.batch_size):
+        ids = _generate(gpt, labels[i : i + s.batch_size].to(device), params, True, g)
+        with torch.no_grad(), autocast(device):
+            decoded.append(to_uint8(tokenizer.decode(ids)))
+    seconds = time.perf_counter() - start
+    images = np.concatenate(decoded)
+    samples.write(layout.samples, images, labels.numpy())
+    _save_grids(layout, images, classes, s.per_class)
+
+    report = {
+        "samples": len(images),
+        "images_per_s": round(len(images) / seconds, 2),
+        "tokens_per_s": round(len(images) * gpt.config.n_tokens / seconds, 1),
+        "cfg_scale": s.cfg_scale,
+        **speed(gpt, params, device),
+    }
+    report["seconds"] = round(time.perf_counter() - start, 2)
+    files.write_json(layout.report("sample"), report)
+    get_run_logger().info("%d samples at %.1f images/s; KV cache %.1fx faster", len(images),
+                          report["images_per_s"], report["kv_cache_speedup"])
+    return report

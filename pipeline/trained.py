@@ -1,0 +1,36 @@
+"""The trained models as the later stages load them: from their folders alone, then checked
+against ``params.yaml``, so a model trained with other settings is refused with the keys that
+differ instead of producing numbers that belong to neither."""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline.layout import Layout
+from pipeline.params import Params
+from vfmtok import pretrained
+from vfmtok.gpt import GPT
+from vfmtok.tokenizer import Tokenizer
+from vfmtok.typed import to_dict
+
+
+def load_tokenizer(layout: Layout, params: Params, device: torch.device,
+                   backbone: torch.nn.Module | None = None) -> tuple[Tokenizer, str]:
+    """The EMA tokenizer of ``data/tokenizer`` (eval mode) and its weights' sha256."""
+    folder = layout.tokenizer
+    meta = pretrained.read_config(folder, "tokenizer")
+    pretrained.require_same(folder, "tokenizer", meta["tokenizer"], to_dict(params.tokenizer), "params.yaml")
+    if params.tokenizer.kind == "vfmtok":
+        pretrained.require_same(folder, "backbone", meta["backbone"], to_dict(params.backbone), "params.yaml")
+    model = Tokenizer.from_pretrained(folder, device, backbone=backbone)
+    return model, str(meta["weights_sha256"])
+
+
+def load_gpt(layout: Layout, params: Params, num_classes: int, device: torch.device) -> GPT:
+    """The GPT of ``data/gpt`` (eval mode), checked against ``ar_model`` and the tokenizer's size."""
+    folder = layout.gpt
+    meta = pretrained.read_config(folder, "gpt")
+    expected = params.ar_model.gpt_config(params.tokenizer.codebook_size, params.tokenizer.n_tokens,
+                                          num_classes)
+    pretrained.require_same(folder, "gpt", meta["gpt"], to_dict(expected), "params.yaml")
+    return GPT.from_pretrained(folder, device)

@@ -1,0 +1,97 @@
+"""A user error is one line naming the file, key or row, a non-zero exit, and nothing written;
+``--debug`` brings the traceback back."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from pipeline import stage
+from pipeline.formats import prepared
+from pipeline.params import profile_path
+from tests.conftest import FASHION_MNIST, REPO
+from tests.helpers import write_token_file
+
+
+def _project(tmp_path: Path, **prepare) -> Path:
+    params = yaml.safe_load(profile_path("smoke", REPO).read_text())
+    params["prepare"].update(prepare)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path
+
+
+def _run_cli(root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PREFECT_HOME": str(root / ".prefect")}
+    return subprocess.run([sys.executable, "-m", "pipeline.stage", *args], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _only_error_line(captured: str) -> str:
+    lines = [ln for ln in captured.splitlines() if ln.strip()]
+    assert len(lines) == 1, captured[-3000:]
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_bad_source_path_is_one_line_and_writes_nothing(tmp_path):
+    root = _project(tmp_path, path=str(tmp_path / "no-such-folder"))
+    proc = _run_cli(root, "prepare")
+    line = _only_error_line(proc.stderr)
+    assert proc.returncode == 2 and "params.yaml" in line and "prepare.path" in line
+    assert "no-such-folder" in line and not (root / "data").exists()
+    debug = _run_cli(root, "prepare", "--debug")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_flat_val_without_labels_is_one_line_and_writes_nothing(tmp_path, capfd):
+    src = tmp_path / "imagenet"
+    (src / "train" / "n01440764").mkdir(parents=True)
+    (src / "val").mkdir()
+    (src / "val" / "ILSVRC2012_val_00000001.JPEG").write_bytes(b"")
+    (tmp_path / "proj").mkdir()
+    root = _project(tmp_path / "proj", source="imagenet", path=str(src))
+    rc = stage.main(["prepare", "--root", str(root), "--params", str(root / "params.yaml")])
+    line = _only_error_line(capfd.readouterr().err)
+    assert rc == 2 and "flat val folder needs prepare.devkit" in line and str(src / "val") in line
+    assert not (root / "data").exists()
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="dataset-fashion-mnist not installed")
+def test_bad_token_file_names_the_row_before_training(tmp_path, capfd):
+    root = _project(tmp_path)
+    (root / "data" / "prepared").mkdir(parents=True)
+    (root / "data" / "prepared" / prepared.CLASSES).write_text('[{"label": 0, "key": "a", "name": "a"}]')
+    tokens = root / "data" / "tokens"
+    write_token_file(tokens / "train.parquet", n=20, codebook=64, n_tokens=16, row_group=8)
+    write_token_file(tokens / "val.parquet", n=10, codebook=64, n_tokens=16, split="val")
+    bad = yaml.safe_load((root / "params.yaml").read_text())
+    bad["tokenizer"]["codebook_size"] = 64
+    (root / "params.yaml").write_text(yaml.safe_dump(bad))
+    # Rewrite train with one id of 99 while the file's metadata still says 64 codes.
+    table = pq.read_table(tokens / "train.parquet")
+    col = table.column("tokens").combine_chunks()
+    values = col.values.to_numpy().copy()
+    values[16 * 13 + 2] = 99  # row 13
+    fixed = pa.ListArray.from_arrays(col.offsets, pa.array(values, pa.uint16()))
+    pq.write_table(table.set_column(table.schema.get_field_index("tokens"), "tokens", fixed),
+                   tokens / "train.parquet", row_group_size=8)
+    rc = stage.main(["train_ar", "--root", str(root), "--params", str(root / "params.yaml")])
+    line = _only_error_line(capfd.readouterr().err)
+    assert rc == 2 and "train.parquet" in line and "row 13" in line
+    assert not (root / "data" / "gpt").exists() and not (root / "data" / "checkpoints").exists()
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="dataset-fashion-mnist not installed")
+def test_missing_model_folder_is_one_line(tmp_path, capfd):
+    root = _project(tmp_path)
+    rc = stage.main(["tokenize", "--root", str(root), "--params", str(root / "params.yaml")])
+    line = _only_error_line(capfd.readouterr().err)
+    assert rc == 2 and str(root / "data" / "tokenizer" / "config.json") in line
+    assert not (root / "data" / "tokens").exists()

@@ -1,0 +1,47 @@
+"""compare and claims read params and metrics of revisions and lay them out; balanced_subset picks
+fair reference sets."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline import evaluation
+from pipeline.experiments import claims, compare
+
+
+def test_balanced_subset_takes_classes_in_turn():
+    labels = np.array([0, 0, 0, 1, 2, 2, 1, 0])
+    pick = evaluation.balanced_subset(labels, 5)
+    assert pick.tolist() == [0, 1, 3, 4, 5]  # round 1: first of 0, 1, 2; round 2: second of 0, 2
+    assert np.bincount(labels[evaluation.balanced_subset(labels, 6)]).tolist() == [2, 2, 2]
+    assert evaluation.balanced_subset(labels, 0).tolist() == list(range(8))
+    assert evaluation.balanced_subset(labels, 50).tolist() == list(range(8))
+
+
+def test_compare_lists_changed_params_and_every_metric_with_its_delta(tmp_path, monkeypatch):
+    revs = {
+        "base": ({"tokenizer.kind": "vfmtok", "tokenizer.dim": 128}, {"m.json:psnr": 16.0, "m.json:kind": "a",
+                                                                       "m.json:curve": [[1, 2.0]]}),
+        "exp": ({"tokenizer.kind": "vqgan", "tokenizer.dim": 128}, {"m.json:psnr": 17.5, "m.json:kind": "b"}),
+    }
+    monkeypatch.setattr(compare, "read_rev", lambda rev, root: revs[rev])
+    text = compare.compare("base", "exp", str(tmp_path)).read_text()
+    assert "| tokenizer.kind | vfmtok | vqgan |" in text and "tokenizer.dim" not in text
+    assert "| m.json:psnr | 16.0 | 17.5 | +1.5 |" in text and "| m.json:kind | a | b | changed |" in text
+    assert "curve" not in text  # curves are for `dvc plots diff`
+    assert (tmp_path / "reports" / "compare_base_vs_exp.md").is_file()
+
+
+def test_claims_table_reads_both_experiments(tmp_path, monkeypatch):
+    reports = {
+        "claims-vfmtok": {"metrics": {"tokens_per_image": 16, "codebook_usage": 0.8, "linear_probe_acc": 0.75,
+                                      "rfid": 100.0, "gfid": 120.0, "sample_class_acc": 0.6},
+                          "train_ar": {"val_curve": [[50, 3.0], [100, 2.0], [150, 1.5]]}},
+        "claims-vqgan": {"metrics": {"tokens_per_image": 16, "codebook_usage": 0.3, "linear_probe_acc": 0.6,
+                                     "rfid": 90.0, "gfid": 130.0, "sample_class_acc": 0.5},
+                         "train_ar": {"val_curve": [[50, 2.5], [100, 1.8], [150, 1.7]]}},
+    }
+    monkeypatch.setattr(claims, "_read_reports", lambda rev, root: reports[rev])
+    text = claims.claims(str(tmp_path)).read_text()
+    assert "| codebook usage (val) | 0.8 | 0.3 |" in text
+    assert "| linear probe accuracy | 0.75 | 0.6 |" in text and "| rFID | 100.0 | 90.0 |" in text

@@ -1,0 +1,32 @@
+"""The package boundaries hold: ``vfmtok`` imports alone (no DVC, no Prefect, no pipeline) and
+validating params imports neither torch nor Prefect."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint('\\n'.join(sys.modules))"],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    return {m.split(".")[0] for m in out.split()}
+
+
+def test_vfmtok_imports_without_pipeline_dvc_or_prefect():
+    names = sorted(p.stem for p in (REPO / "vfmtok").glob("*.py") if p.stem != "__init__")
+    loaded = _modules_after("\n".join(f"import vfmtok.{n}" for n in names))
+    assert "torch" in loaded and not loaded & {"pipeline", "dvc", "prefect", "dvclive"}
+
+
+def test_check_and_profile_import_neither_torch_nor_prefect(tmp_path):
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "smoke.yaml").write_text((REPO / "params" / "smoke.yaml").read_text())
+    code = (f"from pipeline.cli import main\n"
+            f"assert main(['--root', {str(tmp_path)!r}, 'profile', 'smoke']) == 0\n"
+            f"assert main(['check', {str(tmp_path / 'params.yaml')!r}]) == 0")
+    loaded = _modules_after(code)
+    assert not loaded & {"torch", "prefect", "timm", "dvc"}, loaded & {"torch", "prefect", "timm", "dvc"}
+    assert (tmp_path / "params.yaml").read_text() == (REPO / "params" / "smoke.yaml").read_text()

