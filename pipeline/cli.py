@@ -48,9 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="Markdown table of two revisions' params and metrics")
     cmp.add_argument("rev_a", help="a commit, branch or DVC experiment name")
     cmp.add_argument("rev_b")
-    clm = sub.add_parser("claims", help="VFMTok vs the VQGAN baseline -> reports/claims.md")
+    clm = sub.add_parser("claims", help="VFMTok vs VQGAN vs a random-init backbone -> reports/claims.md")
     clm.add_argument("--run", action="store_true",
-                     help="run the two DVC experiments first (otherwise read existing ones)")
+                     help="run the DVC experiments first, in temp dirs (otherwise read existing ones)")
+    clm.add_argument("--profile", default="claims",
+                     help="params/NAME.yaml for the runs (default: claims; active: params.yaml)")
     rep = sub.add_parser("reproduce", help="dvc repro as one Prefect flow, a task per stage")
     rep.add_argument("targets", nargs="*", help="stages to update, with their upstream (default: all)")
     srv = sub.add_parser("serve", help="serve the scheduled retrain (a named `dvc exp run` per run)")
@@ -85,7 +87,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "claims":
         from pipeline.experiments.claims import claims
 
-        print(f"wrote {claims(args.root, run=args.run)}")
+        print(f"wrote {claims(args.root, run=args.run, profile=args.profile)}")
     elif args.command == "reproduce":
         from pipeline.orchestration.flows import reproduce_flow
 

@@ -1,17 +1,19 @@
 """What ``evaluate`` measures, as plain functions over the pipeline's artifacts (the stage module
 only orders them and writes the tables): fair reference subsets, cached Inception features of the
-reference images, pooled backbone features and the linear probe of the tokens."""
+reference images, pooled backbone features, the linear probe of the tokens and the vectors the
+ridge readouts read (tokens, backbone levels)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from pipeline.formats import tokens
+from pipeline.formats import features, tokens
 from pipeline.formats.prepared import SplitImages
 from pipeline.layout import Layout
+from pipeline.params import Params
 from vfmtok import files, inception
-from vfmtok.backbones import FrozenBackbone
+from vfmtok.backbones import FrozenBackbone, build_backbone
 from vfmtok.images import from_uint8
 from vfmtok.metrics import linear_probe
 from vfmtok.runtime import autocast
@@ -82,3 +84,40 @@ def token_probe(tokenizer: Tokenizer, layout: Layout, probe_train: int, device: 
                            probe_train, device)
     vx, vy = pooled_tokens(tokenizer, tokens.TokenFile(tokens.split_file(layout.tokens, "val")), 0, device)
     return linear_probe(tx, ty, vx, vy, seed=0)
+
+
+def token_vectors(tokenizer: Tokenizer, layout: Layout, split: str, images: SplitImages,
+                  pick: np.ndarray, device: torch.device) -> np.ndarray:
+    """The dequantized tokens of the images at ``pick`` (unflipped rows of the split's token file,
+    matched by image id), each image's code vectors concatenated: (N, n_tokens * codebook_dim)."""
+    file = tokens.TokenFile(tokens.split_file(layout.tokens, split))
+    wanted = list(images.rows["image_id"].to_numpy()[pick])
+    where = {image_id: i for i, image_id in enumerate(wanted)}
+    out: list[np.ndarray | None] = [None] * len(wanted)
+    for g in range(file.num_row_groups):
+        ids, _, image_ids = file.read_row_group(g)
+        for row, (image_id, flip) in enumerate(zip(image_ids, file.flipped(g), strict=True)):
+            if not flip and image_id in where:
+                out[where[image_id]] = ids[row]
+    missing = [wanted[i] for i, v in enumerate(out) if v is None]
+    if missing:
+        raise tokens.TokenFileError(f"{file.path}: no tokens for image {missing[0]!r}")
+    with torch.no_grad():
+        vecs = tokenizer.token_features(torch.from_numpy(np.stack(out)).to(device))  # (N, T, d)
+    return vecs.flatten(1).float().cpu().numpy()
+
+
+def backbone_vectors(params: Params, layout: Layout, images: SplitImages, pick: np.ndarray,
+                     device: torch.device, batch: int = 128) -> np.ndarray:
+    """The tokenizer's frozen backbone levels of the images at ``pick``, flattened and concatenated:
+    (N, sum_l C_l * H_l * W_l). From the cached features when the split was extracted."""
+    if images.split in params.extract_features.splits:
+        cached = features.SplitFeatures(layout.features, images)
+        return np.concatenate([lv.flatten(1).numpy() for lv in cached.batch(pick)], axis=1)
+    backbone = build_backbone(params.backbone).to(device)
+    out = []
+    for i in range(0, len(pick), batch):
+        with autocast(device):
+            levels = backbone(from_uint8(images.uint8(pick[i : i + batch])).to(device)).levels
+        out.append(np.concatenate([lv.flatten(1).cpu().numpy() for lv in levels], axis=1))
+    return np.concatenate(out)

@@ -31,7 +31,8 @@ from vfmtok.typed import NEUTRAL, ConfigError, from_dict
 PROFILES_DIR = "params"
 # (section, key) filled in from another key, never written in params.yaml.
 DERIVED = {("backbone", "image_size"): ("prepare", "resolution"),
-           ("tokenizer", "image_size"): ("prepare", "resolution")}
+           ("tokenizer", "image_size"): ("prepare", "resolution"),
+           ("judge", "image_size"): ("prepare", "resolution")}
 
 
 @dataclass(kw_only=True)
@@ -93,6 +94,10 @@ class TrainARParams(ARTrainConfig):
 
     val_rows: int = field(default=0, metadata={"min": 0})  # val rows per val-loss pass; 0 = all
     report_thresholds: list[float] = field(default_factory=list)  # steps to reach these val losses
+    # The sample-quality checks every quality_every steps (pipeline/sample_quality.py): this many
+    # samples per class, the judge's classifier fit on up to quality_probe_train train images.
+    quality_per_class: int = field(default=10, metadata={"min": 1})
+    quality_probe_train: int = field(default=2000, metadata={"min": 0})
 
 
 @dataclass(kw_only=True)
@@ -128,6 +133,9 @@ class Params:
 
     prepare: PrepareParams
     backbone: BackboneConfig
+    # The frozen network that scores samples and reconstructions in its feature space (class
+    # accuracy, FD): fixed across compared runs, whatever backbone the tokenizer itself reads.
+    judge: BackboneConfig
     extract_features: ExtractParams
     tokenizer: TokenizerConfig
     train_tokenizer: TokenizerTrainConfig
@@ -142,8 +150,10 @@ class Params:
         files = [("train_tokenizer.loss.lpips_vgg_weights", self.train_tokenizer.loss.lpips_vgg_weights),
                  ("train_tokenizer.loss.lpips_lin_weights", self.train_tokenizer.loss.lpips_lin_weights),
                  ("evaluate.inception_full_weights", self.evaluate.inception_full_weights)]
-        if self.backbone.weights not in ("bundled", "random"):
-            files.append(("backbone.weights", self.backbone.weights))
+        for name in ("backbone", "judge"):
+            weights = getattr(self, name).weights
+            if weights not in ("bundled", "random"):
+                files.append((f"{name}.weights", weights))
         if not Path(self.prepare.path).exists():
             raise ConfigError("prepare.path", self.prepare.path, "source folder does not exist")
         if self.prepare.devkit and not Path(self.prepare.devkit).is_dir():

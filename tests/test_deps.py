@@ -54,7 +54,7 @@ def test_dvc_outputs_are_layout_paths():
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     known = {layout.prepared, layout.features, layout.tokenizer, layout.tokens, layout.gpt, layout.samples,
              layout.checkpoints("tokenizer"), layout.checkpoints("gpt"), layout.sample_grids,
-             layout.picture("tokenizer_recon"), layout.picture("samples"),
+             layout.picture("tokenizer_recon"), layout.picture("samples"), layout.picture("error_map"),
              *(layout.metrics_table(s) for s in ("json", "md", "csv")),
              *(layout.report(s) for s in spec), *(layout.live(s) / "plots" / "metrics" for s in spec)}
     for name, stage in spec.items():

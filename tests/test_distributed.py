@@ -75,7 +75,7 @@ def tokenizer_run(ckpt: Path) -> tuple[list[dict], torch.nn.Module, TokenizerLos
                                              allow_random_init=True))
     # BatchNorm statistics are per rank on CPU (torch's SyncBatchNorm is CUDA-only): off here.
     model = build_tokenizer(tiny_tokenizer_config(quant_batchnorm=False), backbone)
-    loss_cfg = LossConfig(gan_start=1, gan_weight=0.1)  # the GAN (hand-averaged D grads) from step 1
+    loss_cfg = LossConfig(gan_start=0.3, gan_weight=0.1)  # the GAN (hand-averaged D grads) from step 1 of 3
     loss = TokenizerLoss(loss_cfg, backbone)
     cfg = TokenizerTrainConfig(steps=3, batch_size=GLOBAL_BATCH, lr=1e-3, checkpoint_every=3,
                                ema_decay=0.9, loss=loss_cfg)

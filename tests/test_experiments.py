@@ -32,16 +32,27 @@ def test_compare_lists_changed_params_and_every_metric_with_its_delta(tmp_path, 
     assert (tmp_path / "reports" / "compare_base_vs_exp.md").is_file()
 
 
-def test_claims_table_reads_both_experiments(tmp_path, monkeypatch):
+def _report(gfid, curve, **metrics):
+    return {"metrics": {"tokens_per_image": 16, "gfid": gfid, **metrics},
+            "train_ar": {"quality_curve": [[s, fd, 0.5] for s, fd in curve]}}
+
+
+def test_claims_convergence_is_steps_to_the_other_runs_final_quality(tmp_path, monkeypatch):
     reports = {
-        "claims-vfmtok": {"metrics": {"tokens_per_image": 16, "codebook_usage": 0.8, "linear_probe_acc": 0.75,
-                                      "rfid": 100.0, "gfid": 120.0, "sample_class_acc": 0.6},
-                          "train_ar": {"val_curve": [[50, 3.0], [100, 2.0], [150, 1.5]]}},
-        "claims-vqgan": {"metrics": {"tokens_per_image": 16, "codebook_usage": 0.3, "linear_probe_acc": 0.6,
-                                     "rfid": 90.0, "gfid": 130.0, "sample_class_acc": 0.5},
-                         "train_ar": {"val_curve": [[50, 2.5], [100, 1.8], [150, 1.7]]}},
+        "claims-vfmtok": _report(100.0, [(100, 50.0), (200, 30.0), (300, 20.0), (400, 15.0)],
+                                 codebook_usage=0.8),
+        "claims-vqgan": _report(140.0, [(100, 60.0), (200, 45.0), (300, 35.0), (400, 30.0)],
+                                codebook_usage=0.3),
+        "claims-random": _report(180.0, [(100, 70.0), (200, 60.0), (300, 55.0), (400, 52.0)]),
+        "claims-vfmtok-cfg1.5": _report(90.0, []), "claims-vfmtok-cfg2": _report(95.0, []),
+        "claims-vfmtok-cfg3": _report(120.0, []),
     }
-    monkeypatch.setattr(claims, "_read_reports", lambda rev, root: reports[rev])
+    monkeypatch.setattr(claims, "_reports", lambda rev, root: reports[rev])
     text = claims.claims(str(tmp_path)).read_text()
-    assert "| codebook usage (val) | 0.8 | 0.3 |" in text
-    assert "| linear probe accuracy | 0.75 | 0.6 |" in text and "| rFID | 100.0 | 90.0 |" in text
+    assert "| codebook usage (val) | 0.8 | 0.3 | - |" in text
+    # VFMTok reaches VQGAN's final FD (30) at step 200 of 400; VQGAN never reaches VFMTok's 15.
+    assert "VFMTok reaches VQGAN baseline's final FD 30 at step 200 of 400 (2.00x fewer steps)" in text
+    assert "VQGAN baseline reaches VFMTok's final FD 15 not within its 400 steps (its best: 30)" in text
+    assert "VFMTok reaches VFMTok, random-init backbone's final FD 52 at step 100 of 400 (4.00x" in text
+    assert "best of the sweep: 90 at CFG 1.5" in text
+    assert (tmp_path / "reports" / "claims_convergence.png").stat().st_size > 1000

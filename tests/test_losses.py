@@ -5,6 +5,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may touch a hub
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from torchvision.models import vgg
 
 from vfmtok.backbones import build_backbone
 from vfmtok.config import BackboneConfig, LossConfig
-from vfmtok.discriminator import Discriminator, hinge_d_loss, hinge_g_loss
+from vfmtok.discriminator import Discriminator, hinge_d_loss, hinge_g_loss, non_saturating_g_loss
 from vfmtok.losses import TokenizerLoss, feature_loss
 from vfmtok.lpips import LPIPS, VGG_CHANNELS
 
@@ -60,22 +61,22 @@ def _loss(backbone, **over) -> TokenizerLoss:
 
 def test_loss_config_defaults_and_ranges():
     cfg = LossConfig()
-    assert (cfg.pixel_weight, cfg.perceptual, cfg.gan_weight, cfg.gan_start) == (2.0, "backbone", 0.5, 20000)
+    assert (cfg.pixel_weight, cfg.perceptual, cfg.gan_weight, cfg.gan_start) == (2.0, "backbone", 0.5, 0.5)
     ranged = {f.name: f.metadata for f in dataclasses.fields(LossConfig) if f.metadata}
     assert {"pixel_weight", "perceptual_weight", "gan_weight", "gan_start", "disc_lr"} <= set(ranged)
-    assert ranged["gan_start"]["min"] == 0
+    assert (ranged["gan_start"]["min"], ranged["gan_start"]["max"]) == (0, 1)
 
 
 def test_pixel_loss_is_weighted_mse_by_hand():
     loss = _loss(None, perceptual="none", gan_weight=0.0)
     images, recon = _images(2, 16, seed=1), _images(2, 16, seed=2)
-    out = loss.generator_losses(images, recon, step=10**6)
+    out = loss.generator_losses(images, recon, progress=1.0)
     assert set(out) == {"pixel", "perceptual", "gan"}
     by_hand = 2.0 * ((recon - images) ** 2).sum() / recon.numel()
     torch.testing.assert_close(out["pixel"], by_hand)
     assert out["perceptual"].item() == 0.0 and out["gan"].item() == 0.0
     assert all(v.dtype == torch.float32 and v.ndim == 0 for v in out.values())
-    assert loss.discriminator_loss(images, recon, step=10**6) is None
+    assert loss.discriminator_loss(images, recon, progress=1.0) is None
 
 
 def test_backbone_is_required_for_backbone_perceptual_and_gan():
@@ -92,22 +93,27 @@ def test_feature_loss_matches_hand_computation():
     g = torch.Generator().manual_seed(3)
     p = [torch.randn(2, 5, 3, 3, generator=g), torch.randn(2, 7, 2, 2, generator=g)]
     t = [torch.randn(2, 5, 3, 3, generator=g), torch.randn(2, 7, 2, 2, generator=g)]
-    terms = []
-    for a, b in zip(p, t, strict=True):
+    total = 0.0
+    for a, b in zip(p, t, strict=True):  # per level: sum over channels, mean over (batch, space)
         a = a / a.pow(2).sum(1, keepdim=True).sqrt()
         b = b / b.pow(2).sum(1, keepdim=True).sqrt()
-        terms.append(((a - b) ** 2).mean())
-    torch.testing.assert_close(feature_loss(p, t), (terms[0] + terms[1]) / 2)
+        total += sum(float(((a[n, :, i, j] - b[n, :, i, j]) ** 2).sum())
+                     for n in range(a.shape[0]) for i in range(a.shape[2]) for j in range(a.shape[3])
+                     ) / (a.shape[0] * a.shape[2] * a.shape[3])
+    torch.testing.assert_close(feature_loss(p, t), torch.tensor(total))
+    # opposite unit vectors are the maximum, 4 per position, on the LPIPS scale (not 1/C of it)
+    x = torch.ones(1, 6, 2, 2)
+    assert feature_loss([x], [-x]).item() == pytest.approx(4.0)
 
 
 def test_backbone_perceptual_zero_on_identity_positive_otherwise(effnet):
     loss = _loss(effnet, perceptual="backbone", perceptual_weight=1.5, gan_weight=0.0)
     images = _natural_images()
-    same = loss.generator_losses(images, images.clone(), step=0)["perceptual"]
+    same = loss.generator_losses(images, images.clone(), progress=0.0)["perceptual"]
     assert same.item() == pytest.approx(0.0, abs=1e-7)
     noisy = (images + 0.3 * _images(4, seed=5)).clamp(-1, 1)
-    near = loss.generator_losses(images, noisy, step=0)["perceptual"].item()
-    far = loss.generator_losses(images, _images(4, seed=6), step=0)["perceptual"].item()
+    near = loss.generator_losses(images, noisy, progress=0.0)["perceptual"].item()
+    far = loss.generator_losses(images, _images(4, seed=6), progress=0.0)["perceptual"].item()
     assert 0 < near < far
 
 
@@ -115,7 +121,7 @@ def test_backbone_perceptual_gradient_reaches_recon_not_backbone(effnet):
     loss = _loss(effnet, perceptual="backbone", gan_weight=0.0)
     images = _natural_images()
     recon = (images + 0.2 * _images(4, seed=7)).requires_grad_(True)
-    loss.generator_losses(images, recon, step=0)["perceptual"].backward()
+    loss.generator_losses(images, recon, progress=0.0)["perceptual"].backward()
     assert recon.grad is not None and recon.grad.abs().sum() > 0
     assert all(p.grad is None and not p.requires_grad for p in effnet.parameters())
 
@@ -200,7 +206,7 @@ def test_lpips_identity_zero_symmetric_and_differentiable(lpips_files):
         None,
     )
     recon = y.clone().requires_grad_(True)
-    term = loss.generator_losses(x, recon, step=0)["perceptual"]
+    term = loss.generator_losses(x, recon, progress=0.0)["perceptual"]
     torch.testing.assert_close(term, 2.0 * net(recon, x).mean())
     term.backward()
     assert recon.grad.abs().sum() > 0
@@ -213,8 +219,8 @@ def test_lpips_missing_or_bad_files_error(lpips_files, tmp_path):
         LPIPS(missing, f["lin"])
     with pytest.raises(FileNotFoundError, match="no_lin.pth"):
         LPIPS(f["vgg"], str(tmp_path / "no_lin.pth"))
-    with pytest.raises(FileNotFoundError, match="empty"):
-        TokenizerLoss(LossConfig(perceptual="lpips", gan_weight=0.0), None)
+    with pytest.raises(ValueError, match="lpips_vgg_weights.*needs both LPIPS weight files"):
+        TokenizerLoss(LossConfig(perceptual="lpips", gan_weight=0.0), None)  # the config says so first
     bad = dict(f["lin_sd"])
     bad["lin2.model.1.weight"] = torch.rand(1, 128, 1, 1)
     torch.save(bad, tmp_path / "bad_lin.pth")
@@ -229,19 +235,19 @@ def test_lpips_missing_or_bad_files_error(lpips_files, tmp_path):
 
 
 def test_gan_is_off_before_gan_start(effnet):
-    loss = _loss(effnet, perceptual="none", gan_start=100)
+    loss = _loss(effnet, perceptual="none", gan_start=0.5)
     images, recon = _natural_images(), _images(4, seed=12).requires_grad_(True)
-    out = loss.generator_losses(images, recon, step=99)
+    out = loss.generator_losses(images, recon, progress=0.49)
     assert out["gan"].item() == 0.0 and not out["gan"].requires_grad
-    assert loss.discriminator_loss(images, recon, step=99) is None
-    assert loss.generator_losses(images, recon, step=100)["gan"].item() != 0.0
-    assert loss.discriminator_loss(images, recon, step=100) is not None
+    assert loss.discriminator_loss(images, recon, progress=0.49) is None
+    assert loss.generator_losses(images, recon, progress=0.5)["gan"].item() != 0.0
+    assert loss.discriminator_loss(images, recon, progress=0.5) is not None
     off = _loss(effnet, perceptual="none", gan_weight=0.0, gan_start=0)  # weight 0: GAN off for good
-    assert off.discriminator_loss(images, recon, step=10**6) is None
+    assert off.discriminator_loss(images, recon, progress=1.0) is None
 
 
-def test_hinge_losses_on_hand_made_logits(effnet, monkeypatch):
-    loss = _loss(effnet, perceptual="none", gan_weight=0.5, gan_start=0)
+def test_gan_losses_on_hand_made_logits(effnet, monkeypatch):
+    loss = _loss(effnet, perceptual="none", gan_weight=0.5, gan_start=0, gan_loss="hinge")
     images = torch.full((1, 3, SIZE, SIZE), 0.5)
     recon = torch.full((1, 3, SIZE, SIZE), -0.5)
     real = [torch.tensor([0.5, 2.0, -1.0]).view(1, 1, 1, 3), torch.tensor([3.0]).view(1, 1, 1, 1)]
@@ -253,13 +259,32 @@ def test_hinge_losses_on_hand_made_logits(effnet, monkeypatch):
     monkeypatch.setattr(loss.discriminator, "forward", fake_disc)
     # level 0: real relu(1-[.5,2,-1]) = [.5,0,2] -> 5/6; fake relu(1+[-2,0,1]) = [0,1,2] -> 1
     # level 1: real relu(1-3) = 0; fake relu(1-.5) = .5. D = mean(5/6 + 1, 0 + .5) = 7/6
-    d = loss.discriminator_loss(images, recon, step=0)
+    d = loss.discriminator_loss(images, recon, progress=0.0)
     assert d.item() == pytest.approx(7 / 6)
     # G: -mean(mean([-2,0,1]), -0.5) = -mean(-1/3, -1/2) = 5/12, times gan_weight 0.5
-    g = loss.generator_losses(images, recon, step=0)["gan"]
+    g = loss.generator_losses(images, recon, progress=0.0)["gan"]
     assert g.item() == pytest.approx(0.5 * 5 / 12)
     assert hinge_d_loss(real, fake).item() == pytest.approx(7 / 6)
     assert hinge_g_loss(fake).item() == pytest.approx(5 / 12)
+    # non-saturating G: mean over levels of mean(softplus(-D(fake))) = -log sigmoid(D(fake))
+    sp = lambda v: math.log1p(math.exp(-v))  # noqa: E731
+    expected = ((sp(-2.0) + sp(0.0) + sp(1.0)) / 3 + sp(-0.5)) / 2
+    assert non_saturating_g_loss(fake).item() == pytest.approx(expected)
+    loss.cfg.gan_loss = "non_saturating"
+    g = loss.generator_losses(images, recon, progress=0.0)["gan"]
+    assert g.item() == pytest.approx(0.5 * expected)
+
+
+def test_spectral_norm_bounds_the_heads(effnet):
+    with_sn = _loss(effnet, perceptual="none", gan_start=0, disc_spectral_norm=True).discriminator
+    conv = with_sn.heads[0].net[0]
+    assert hasattr(conv, "parametrizations")
+    for _ in range(20):  # power iterations converge in train mode
+        with_sn.heads[0](torch.randn(2, 40, 8, 8))
+    sigma = torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2)
+    assert sigma.item() == pytest.approx(1.0, rel=0.05)
+    plain = _loss(effnet, perceptual="none", gan_start=0, disc_spectral_norm=False).discriminator
+    assert not hasattr(plain.heads[0].net[0], "parametrizations")
 
 
 def test_discriminator_shapes_and_trainable_parameters(effnet):
@@ -278,7 +303,7 @@ def test_d_loss_gradient_reaches_only_the_heads(effnet):
     loss = _loss(effnet, perceptual="none", gan_start=0)
     images = _natural_images()
     recon = _images(4, seed=13).requires_grad_(True)
-    loss.discriminator_loss(images, recon, step=0).backward()
+    loss.discriminator_loss(images, recon, progress=0.0).backward()
     for p in loss.discriminator.parameters():
         assert p.grad is not None
     assert sum(p.grad.abs().sum() for p in loss.discriminator.parameters()) > 0
@@ -290,7 +315,7 @@ def test_g_loss_gradient_reaches_recon_not_heads(effnet):
     loss = _loss(effnet, perceptual="backbone", gan_start=0)
     images = _natural_images()
     recon = _images(4, seed=14).requires_grad_(True)
-    out = loss.generator_losses(images, recon, step=0)
+    out = loss.generator_losses(images, recon, progress=0.0)
     out["gan"].backward()
     assert recon.grad is not None and recon.grad.abs().sum() > 0
     assert all(p.grad is None for p in loss.discriminator.parameters())  # no stale D grads
@@ -305,7 +330,7 @@ def test_discriminator_steps_lower_the_hinge_loss(effnet):
     noise = _images(4, seed=15)
     history = []
     for _ in range(12):
-        d = loss.discriminator_loss(real, noise, step=0)
+        d = loss.discriminator_loss(real, noise, progress=0.0)
         opt.zero_grad(set_to_none=True)
         d.backward()
         opt.step()
@@ -323,13 +348,13 @@ def test_precomputed_image_levels_give_the_same_losses(effnet):
     loss = _loss(effnet, perceptual="backbone", gan_start=0)
     images, recon = _natural_images(), _images(4, seed=18)
     levels = effnet(images).levels
-    a = loss.generator_losses(images, recon, step=0)
-    b = loss.generator_losses(images, recon, step=0, image_levels=levels)
+    a = loss.generator_losses(images, recon, progress=0.0)
+    b = loss.generator_losses(images, recon, progress=0.0, image_levels=levels)
     for k in a:
         torch.testing.assert_close(a[k], b[k])
     torch.testing.assert_close(
-        loss.discriminator_loss(images, recon, step=0),
-        loss.discriminator_loss(images, recon, step=0, image_levels=levels),
+        loss.discriminator_loss(images, recon, progress=0.0),
+        loss.discriminator_loss(images, recon, progress=0.0, image_levels=levels),
     )
 
 
@@ -356,8 +381,8 @@ def _check_autocast(device: str, backbone) -> None:
     images = _natural_images().to(device)
     recon = (images + 0.1 * _images(4, seed=17).to(device)).requires_grad_(True)
     with torch.autocast(device_type=device, dtype=torch.bfloat16):
-        out = loss.generator_losses(images, recon, step=0)
-        d = loss.discriminator_loss(images, recon, step=0)
+        out = loss.generator_losses(images, recon, progress=0.0)
+        d = loss.discriminator_loss(images, recon, progress=0.0)
     for v in [*out.values(), d]:
         assert v.dtype == torch.float32 and torch.isfinite(v)
     sum(out.values()).backward()

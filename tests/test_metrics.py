@@ -9,7 +9,9 @@ from vfmtok.metrics import (
     batch_psnr,
     batch_ssim,
     codebook_usage,
+    error_bias,
     linear_probe,
+    linear_readout_psnr,
     psnr,
     ssim,
 )
@@ -92,3 +94,33 @@ def test_linear_probe_separable_and_shuffled():
     assert 0.1 < acc < 0.4  # chance is 0.25
     # deterministic for a fixed seed
     assert linear_probe(xtr, shuffled, xva, yva) == acc
+
+
+def test_error_bias_sees_a_fixed_blob_not_per_image_noise():
+    rng = np.random.default_rng(0)
+    orig = rng.integers(40, 200, (50, 32, 32, 3)).astype(np.uint8)
+    noise = rng.normal(0, 20, orig.shape)  # per image, zero mean: averages out
+    noisy = np.clip(orig + noise, 0, 255).astype(np.uint8)
+    signed, absolute, worst = error_bias(orig, noisy)
+    assert worst < 2.0 and absolute.mean() > 10 and signed.shape == (32, 32)
+    blob = noisy.copy()
+    blob[:, 16:24, 0:8] = np.clip(blob[:, 16:24, 0:8].astype(int) + 30, 0, 255)  # same place, every image
+    _, _, worst_blob = error_bias(orig, blob)
+    assert 25 < worst_blob < 32  # the blob's 8x8 block: +30 grey levels (minus clipping)
+
+
+def test_linear_readout_recovers_a_linear_image_model():
+    rng = np.random.default_rng(1)
+    basis = rng.uniform(0, 1, (6, 8 * 8 * 3))  # images are non-negative mixes of 6 patterns
+
+    def data(n):
+        w = rng.uniform(0, 1, (n, 6)) / 6
+        imgs = np.clip(np.round(255 * (w @ basis)), 0, 255).astype(np.uint8).reshape(n, 8, 8, 3)
+        return w, imgs
+
+    tx, ti = data(300)
+    vx, vi = data(100)
+    exact, alpha = linear_readout_psnr(tx, ti, vx, vi)
+    assert exact > 45 and alpha <= 1.0  # the features determine the pixels (up to rounding)
+    useless, _ = linear_readout_psnr(rng.normal(size=(300, 6)), ti, rng.normal(size=(100, 6)), vi)
+    assert useless < exact - 20  # random features only recover the mean image

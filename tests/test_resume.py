@@ -32,9 +32,9 @@ def kill_at(step_to_die: int):
 def _tokenizer_run(tmp, backbone, data, on_log=lambda s, l: None):
     torch.manual_seed(0)
     model = build_tokenizer(tiny_tokenizer_config(), backbone)
-    loss = TokenizerLoss(LossConfig(gan_start=2, gan_weight=0.1), backbone)
+    loss = TokenizerLoss(LossConfig(gan_start=0.3, gan_weight=0.1), backbone)
     cfg = TokenizerTrainConfig(steps=6, batch_size=4, lr=1e-3, warmup_steps=2, checkpoint_every=2,
-                               ema_decay=0.9, loss=LossConfig(gan_start=2, gan_weight=0.1))
+                               ema_decay=0.9, loss=LossConfig(gan_start=0.3, gan_weight=0.1))
     res = train_tokenizer(model, loss, data, cfg, tmp, torch.device("cpu"), on_log=on_log)
     return model, res, loss
 
@@ -88,3 +88,44 @@ def test_step_sampler_is_stateless_and_covers_epochs():
     first = torch.cat([s.indices(i) for i in range(5)])  # 20 = two epochs
     assert sorted(first[:10].tolist()) == list(range(10)) and sorted(first[10:].tolist()) == list(range(10))
     assert torch.equal(StepSampler(10, 4, 1).indices(3), s.indices(3))
+
+
+def test_learning_rate_schedules():
+    from vfmtok.config import TrainLoopConfig
+    from vfmtok.training import learning_rate
+    from vfmtok.typed import ConfigError, validate
+
+    const = TrainLoopConfig(steps=100, batch_size=1, lr=1e-3, warmup_steps=10)
+    assert learning_rate(0, const) == pytest.approx(1e-4) and learning_rate(9, const) == pytest.approx(1e-3)
+    assert learning_rate(99, const) == 1e-3
+    cos = TrainLoopConfig(steps=100, batch_size=1, lr=1e-3, warmup_steps=10, lr_schedule="cosine",
+                          min_lr=1e-5)
+    lrs = [learning_rate(s, cos) for s in range(100)]
+    assert lrs[10] == pytest.approx(1e-3) and lrs[99] == pytest.approx(1e-5)  # peak, then the floor
+    assert lrs[10 + 89 // 2] == pytest.approx((1e-3 + 1e-5) / 2, rel=0.02)  # halfway down at the middle
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))  # monotone decay
+    with pytest.raises(ConfigError, match="min_lr"):
+        validate(TrainLoopConfig(steps=10, batch_size=1, lr=1e-4, lr_schedule="cosine", min_lr=1e-3))
+
+
+def test_tokenizer_resume_with_cosine_schedule_and_late_gan_is_exact(tmp_path):
+    """Resume mid-decay and across the GAN switch: the lr and the GAN depend on the step alone."""
+    backbone = build_backbone(BackboneConfig(kind="efficientnet_lite0", image_size=32))
+    data = CachedImages(backbone)
+
+    def run(tmp, on_log=lambda s, l: None):
+        torch.manual_seed(0)
+        model = build_tokenizer(tiny_tokenizer_config(), backbone)
+        loss_cfg = LossConfig(gan_start=0.5, gan_weight=0.1)
+        cfg = TokenizerTrainConfig(steps=6, batch_size=4, lr=1e-3, warmup_steps=1, lr_schedule="cosine",
+                                   min_lr=1e-5, checkpoint_every=2, ema_decay=0.9, loss=loss_cfg)
+        train_tokenizer(model, TokenizerLoss(loss_cfg, backbone), data, cfg, tmp, torch.device("cpu"),
+                        on_log=on_log)
+        return model
+
+    ref = run(tmp_path / "a")
+    with pytest.raises(Killed):
+        run(tmp_path / "b", on_log=kill_at(2))  # dies after step 3 of 6 (the GAN starts at step 3)
+    again = run(tmp_path / "b")
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k

@@ -90,7 +90,7 @@ def test_retried_tokenizer_task_equals_uninterrupted(tokenized, tmp_path, monkey
 def test_retried_gpt_task_equals_uninterrupted(tokenized, tmp_path, monkeypatch):
     clean, root = tmp_path / "clean", tmp_path / "flaky"
     for folder in (clean, root):
-        _copy_inputs(tokenized, folder, "prepared", "tokens")
+        _copy_inputs(tokenized, folder, "prepared", "tokens", "tokenizer")
     train_ar.train_ar_flow(params_file=str(clean / "params.yaml"), root=str(clean))
     calls = _fail_once_at(monkeypatch, train_ar, step_to_fail=1)
     train_ar.train_ar_flow(params_file=str(root / "params.yaml"), root=str(root))

@@ -212,7 +212,7 @@ def test_tiny_overfit_halves_pixel_mse_without_code_collapse(backbone):
     levels = backbone(images).levels
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3, betas=(0.9, 0.95))
     losses = []
-    for _ in range(45):
+    for _ in range(70):
         out = model(images, levels)
         mse = F.mse_loss(out.recon, images)
         opt.zero_grad()

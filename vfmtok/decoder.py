@@ -15,8 +15,6 @@ gradient, and DDP then complains about unused parameters).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -156,9 +154,25 @@ class ViTDecoder(nn.Module):
 # ----------------------------------------------------------------------------- conv parts
 
 
+def norm_groups(channels: int, max_groups: int = 32) -> int:
+    """GroupNorm groups for ``channels``: taming's 32 where that keeps >= 4 channels per group (the
+    paper widths, 128-512), else the most groups that keep >= 8 channels each.
+
+    Why not taming's gcd(32, C) at every width: at demo widths (C = 16..64) it is 1-2 channels per
+    group, i.e. instance norm. Every channel of every image is then re-centred and re-scaled, the
+    decoder loses each image's absolute levels and smuggles them past the norm through a spike at
+    one fixed position (StyleGAN2's "droplet"): a blob at the same place in every reconstruction.
+    With >= 8 channels per group the spike does not form (tests/test_decoder_norm.py).
+    """
+    if channels % max_groups == 0 and channels // max_groups >= 4:
+        return max_groups
+    fits = [g for g in range(1, max_groups + 1) if channels % g == 0 and channels // g >= 8]
+    return max(fits) if fits else 1
+
+
 def group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with 32 groups when possible (taming), fewer for narrow demo widths."""
-    return nn.GroupNorm(math.gcd(32, channels), channels, eps=1e-6)
+    """GroupNorm with :func:`norm_groups` groups."""
+    return nn.GroupNorm(norm_groups(channels), channels, eps=1e-6)
 
 
 class ResBlock(nn.Module):

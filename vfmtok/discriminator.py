@@ -14,25 +14,33 @@ the backbone to a device is its owner's job (the tokenizer / ``TokenizerLoss``).
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vfmtok.backbones import FrozenBackbone
+from vfmtok.decoder import group_norm
 
 
 class DiscHead(nn.Module):
-    """One level's head: conv3x3 -> GroupNorm -> LeakyReLU(0.2) -> conv1x1 -> 1 logit map."""
+    """One level's head: conv3x3 -> GroupNorm -> LeakyReLU(0.2) -> conv1x1 -> 1 logit map.
 
-    def __init__(self, in_ch: int, hidden: int) -> None:
+    ``spectral_norm``: both convs spectrally normalised (StyleGAN-T / the public code's DINO
+    discriminator heads): it bounds how fast D's logits can grow, so a discriminator on a frozen,
+    very separable trunk does not win outright in a few steps and hand the generator a useless
+    gradient.
+    """
+
+    def __init__(self, in_ch: int, hidden: int, spectral_norm: bool = True) -> None:
         super().__init__()
+        sn = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
         self.net = nn.Sequential(
-            nn.Conv2d(in_ch, hidden, 3, padding=1),
-            nn.GroupNorm(math.gcd(32, hidden), hidden),
+            sn(nn.Conv2d(in_ch, hidden, 3, padding=1)),
+            group_norm(hidden),
             nn.LeakyReLU(0.2),
-            nn.Conv2d(hidden, 1, 1),
+            sn(nn.Conv2d(hidden, 1, 1)),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -42,12 +50,12 @@ class DiscHead(nn.Module):
 class Discriminator(nn.Module):
     """D(images) -> one logit map (B, 1, H_l, W_l) per backbone level (fp32)."""
 
-    def __init__(self, backbone: FrozenBackbone, hidden: int = 128) -> None:
+    def __init__(self, backbone: FrozenBackbone, hidden: int = 128, spectral_norm: bool = True) -> None:
         super().__init__()
         if hidden < 1:
             raise ValueError(f"discriminator hidden width must be positive, got {hidden}")
         object.__setattr__(self, "backbone", backbone)  # a reference, deliberately not registered
-        self.heads = nn.ModuleList(DiscHead(c, hidden) for c in backbone.level_channels)
+        self.heads = nn.ModuleList(DiscHead(c, hidden, spectral_norm) for c in backbone.level_channels)
 
     def trunk(self, images: Tensor) -> list[Tensor]:
         """Backbone levels of ``images``: with autograd to the image when it needs a gradient
@@ -92,3 +100,9 @@ def hinge_d_loss(real_logits: list[Tensor], fake_logits: list[Tensor]) -> Tensor
 def hinge_g_loss(fake_logits: list[Tensor]) -> Tensor:
     """Generator term -mean(D(fake)), averaged over the levels (LlamaGen's hinge G loss)."""
     return -torch.stack([f.float().mean() for f in fake_logits]).mean()
+
+
+def non_saturating_g_loss(fake_logits: list[Tensor]) -> Tensor:
+    """Generator term mean(softplus(-D(fake))) = -log sigmoid(D(fake)), averaged over the levels
+    (the public VFMTok code's choice): its gradient does not vanish while D rejects the fakes."""
+    return torch.stack([F.softplus(-f.float()).mean() for f in fake_logits]).mean()

@@ -1,14 +1,16 @@
 """The tokenizer's image losses: pixel MSE, a perceptual term and a late-starting GAN.
 
 VFMTok trains with 2 x MSE + LPIPS(VGG) + a GAN whose discriminator is a frozen VFM with
-small trainable heads (hinge for D, -mean(D(fake)) for G, weight 0.5 from step 20k), next
-to the quantizer and semantic losses that the tokenizer itself returns. ``TokenizerLoss``
-computes the image terms; the trainer adds ``vq.loss`` and ``semantic_weight x
-semantic_loss`` and steps the discriminator with ``discriminator_loss``.
+small trainable heads (hinge for D; for G the public code's non-saturating softplus(-D(fake)) or
+LlamaGen's hinge -mean(D(fake)); weight 0.5 from step 20k), next to the quantizer and semantic
+losses that the tokenizer itself returns. ``TokenizerLoss`` computes the image terms; the trainer
+adds ``vq.loss`` and ``semantic_weight x semantic_loss`` and steps the discriminator with
+``discriminator_loss``. Both take the run's ``progress`` (step / steps): the GAN switches on at
+``gan_start``, a share of the run.
 
 Perceptual choices: "lpips" as published (needs local VGG16 + LPIPS head files), "backbone"
-(a feature loss on the frozen backbone the tokenizer already holds: no extra weights, the
-default for small offline runs) or "none".
+(the same distance on the frozen backbone the tokenizer already holds: no extra weights) or
+"none".
 
 Everything is reduced in fp32, so the loss works inside a CUDA bf16 autocast region.
 """
@@ -23,24 +25,29 @@ from torch import Tensor, nn
 
 from vfmtok.backbones import FrozenBackbone
 from vfmtok.config import LossConfig
-from vfmtok.discriminator import Discriminator, hinge_d_loss, hinge_g_loss
+from vfmtok.discriminator import Discriminator, hinge_d_loss, hinge_g_loss, non_saturating_g_loss
 from vfmtok.lpips import LPIPS
+from vfmtok.typed import validate
 
 
 def feature_loss(pred_levels: list[Tensor], target_levels: list[Tensor]) -> Tensor:
-    """Mean over levels of the MSE between channel-L2-normalised maps (B, C_l, H_l, W_l).
+    """LPIPS's distance without its learned weights, on any list of feature maps (B, C_l, H_l, W_l):
+    per level, the squared difference of channel-L2-normalised features summed over channels and
+    averaged over positions; summed over levels.
 
-    Normalising each position's feature vector makes levels of very different magnitude
-    count alike and compares directions, as LPIPS does with VGG features.
+    Normalising each position's feature vector makes levels of very different magnitude count
+    alike; summing (not averaging) over channels keeps the scale of LPIPS (a unit vector
+    difference is in [0, 4] per position), so the term weighs like the published one instead of
+    ~1/C of it.
     """
     if len(pred_levels) != len(target_levels):
         raise ValueError(f"level count differs: {len(pred_levels)} vs {len(target_levels)}")
     with torch.autocast(device_type=pred_levels[0].device.type, enabled=False):
         terms = [
-            F.mse_loss(F.normalize(p.float(), dim=1), F.normalize(t.float(), dim=1))
+            (F.normalize(p.float(), dim=1) - F.normalize(t.float(), dim=1)).pow(2).sum(1).mean()
             for p, t in zip(pred_levels, target_levels, strict=True)
         ]
-        return torch.stack(terms).mean()
+        return torch.stack(terms).sum()
 
 
 class TokenizerLoss(nn.Module):
@@ -53,6 +60,7 @@ class TokenizerLoss(nn.Module):
 
     def __init__(self, cfg: LossConfig, backbone: FrozenBackbone | None, disc_hidden: int = 128) -> None:
         super().__init__()
+        validate(cfg)
         self.cfg = cfg
         needs_backbone = cfg.perceptual == "backbone" or cfg.gan_weight > 0
         if backbone is None and needs_backbone:
@@ -68,18 +76,20 @@ class TokenizerLoss(nn.Module):
             self.lpips = LPIPS(cfg.lpips_vgg_weights, cfg.lpips_lin_weights)
         # Built whenever there is a trunk, so the trainer can always make its D optimizer;
         # it is only used once gan_active(step).
-        self.discriminator = Discriminator(backbone, disc_hidden) if backbone is not None else None
+        self.discriminator = (Discriminator(backbone, disc_hidden, spectral_norm=cfg.disc_spectral_norm)
+                              if backbone is not None else None)
 
     # ------------------------------------------------------------------ switches
 
-    def gan_active(self, step: int) -> bool:
-        """True once ``step >= gan_start`` (and the GAN is configured at all)."""
-        return self.discriminator is not None and self.cfg.gan_weight > 0 and step >= self.cfg.gan_start
+    def gan_active(self, progress: float) -> bool:
+        """True once ``progress`` (the share of the run done) reaches ``gan_start`` (and the GAN is
+        configured at all)."""
+        return self.discriminator is not None and self.cfg.gan_weight > 0 and progress >= self.cfg.gan_start
 
     # ------------------------------------------------------------------ generator side
 
     def generator_losses(
-        self, images: Tensor, recon: Tensor, step: int, image_levels: list[Tensor] | None = None
+        self, images: Tensor, recon: Tensor, progress: float, image_levels: list[Tensor] | None = None
     ) -> dict[str, Tensor]:
         """Already-weighted scalar fp32 terms {"pixel", "perceptual", "gan"} for the tokenizer.
 
@@ -94,7 +104,7 @@ class TokenizerLoss(nn.Module):
         with torch.autocast(device_type=recon.device.type, enabled=False):
             pixel = cfg.pixel_weight * F.mse_loss(recon.float(), images.float())
 
-        gan_on = self.gan_active(step)
+        gan_on = self.gan_active(progress)
         fake_levels = None  # backbone levels of recon with autograd, shared by both terms
         if cfg.perceptual == "backbone" or gan_on:
             fake_levels = self.backbone.levels_with_input_grad(recon)
@@ -111,18 +121,19 @@ class TokenizerLoss(nn.Module):
         if gan_on:
             with self.discriminator.frozen():
                 logits = self.discriminator(recon, levels=fake_levels)
-            gan = cfg.gan_weight * hinge_g_loss(logits)
+            g_loss = hinge_g_loss if cfg.gan_loss == "hinge" else non_saturating_g_loss
+            gan = cfg.gan_weight * g_loss(logits)
         return {"pixel": pixel, "perceptual": perceptual, "gan": gan}
 
     # ------------------------------------------------------------------ discriminator side
 
     def discriminator_loss(
-        self, images: Tensor, recon: Tensor, step: int, image_levels: list[Tensor] | None = None
+        self, images: Tensor, recon: Tensor, progress: float, image_levels: list[Tensor] | None = None
     ) -> Tensor | None:
         """Hinge loss of the discriminator heads on real ``images`` vs ``recon`` (detached);
         None before ``gan_start`` (or with gan_weight 0): there is no D step to take.
         ``image_levels`` as in ``generator_losses``."""
-        if not self.gan_active(step):
+        if not self.gan_active(progress):
             return None
         if image_levels is not None:
             image_levels = [y.detach() for y in image_levels]

@@ -4,7 +4,7 @@ vfmtok: frozen backbone levels -> per-level projection MLPs -> N learned anchor 
 sqrt(N) x sqrt(N) reference grid, refined by post-norm layers of multi-scale deformable attention
 (region-adaptive sampling of the levels), causal self-attention and a ReLU FFN -> Linear down to a
 low-dim L2-normalised codebook -> Linear back up -> the shared causal ViT decoder (pixel branch ->
-conv decoder; semantic branch -> the backbone's last level, training only).
+conv decoder; semantic branch -> one backbone level, the last as published, training only).
 
 vqgan: a conv encoder on the pixels to a sqrt(N) x sqrt(N) grid replaces everything before the
 quantizer; quantizer and decoder are the same modules (pixel branch only).
@@ -252,8 +252,14 @@ class VFMTokenizer(Tokenizer):
     """Tokens from a frozen backbone's multi-level features via anchor queries (the paper's model)."""
 
     def __init__(self, cfg: TokenizerConfig, backbone: Any) -> None:
-        sem_shape = tuple(backbone.level_shapes[-1]) if cfg.semantic else None
-        super().__init__(cfg, sem_shape, int(backbone.level_channels[-1]))
+        n_levels = len(backbone.level_channels)
+        if not -n_levels <= cfg.semantic_level < n_levels:
+            raise ValueError(f"semantic_level {cfg.semantic_level} is not one of the backbone's "
+                             f"{n_levels} levels")
+        sem = cfg.semantic_level % n_levels
+        sem_shape = tuple(backbone.level_shapes[sem]) if cfg.semantic else None
+        super().__init__(cfg, sem_shape, int(backbone.level_channels[sem]))
+        self.semantic_index = sem
         self.level_channels = [int(c) for c in backbone.level_channels]
         self.level_shapes = [tuple(int(v) for v in s) for s in backbone.level_shapes]
         self.backbone = backbone  # a registered submodule when it is an nn.Module
@@ -282,7 +288,7 @@ class VFMTokenizer(Tokenizer):
                 raise RuntimeError("no runnable backbone: pass cached levels")
             levels = self.backbone(images).levels
         self._check_levels(levels)
-        return self.encoder(levels), levels[-1]
+        return self.encoder(levels), levels[self.semantic_index]
 
 
 class VQGANTokenizer(Tokenizer):

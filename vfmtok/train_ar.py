@@ -23,12 +23,12 @@ from vfmtok.runtime import autocast
 from vfmtok.training import (
     CHECKPOINT_NAME,
     config_hash,
+    learning_rate,
     load_checkpoint,
     save_checkpoint,
     set_lr,
-    warmup_constant,
 )  # fmt: skip
-from vfmtok.typed import result_dict
+from vfmtok.typed import result_dict, validate
 
 
 class TokenBatches(Protocol):
@@ -69,13 +69,19 @@ def train_ar(
     device: torch.device, val_batches: Callable[[], Iterable[tuple[Tensor, Tensor]]] | None = None,
     on_log: Callable[[int, dict[str, float]], None] = lambda step, logs: None,
     run_config: dict | None = None, step_fn: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
+    quality: Callable[[nn.Module], dict[str, float]] | None = None,
 ) -> int:
     """Train ``model`` to ``cfg.steps``, resuming from ``checkpoint_dir``; returns the steps run.
 
     ``step_fn(runner, tokens, labels) -> loss`` replaces the forward (``runner`` is the DDP/FSDP/
-    compiled module). Under torchrun ``model`` is trained in place (FSDP2 leaves it sharded: use
-    ``vfmtok.distributed.model_state`` to get its weights) and ``on_log`` runs on rank 0 only.
+    compiled module). ``quality(model) -> metrics`` scores the model every ``cfg.quality_every``
+    steps and at the last (e.g. samples judged by a frozen network: how the paper plots
+    convergence); it must draw from its own seeded generator, so a resumed run stays exact. Under
+    torchrun ``model`` is trained in place (FSDP2 leaves it sharded: use
+    ``vfmtok.distributed.model_state`` to get its weights), ``val_batches`` and ``quality`` run on
+    every rank (FSDP gathers), ``on_log`` on rank 0 only.
     """
+    validate(cfg)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME
     chash = config_hash(run_config if run_config is not None else result_dict(cfg))
     start = 0
@@ -98,7 +104,7 @@ def train_ar(
     step_fn = step_fn or forward
     model.train()
     for step in range(start, cfg.steps):
-        set_lr(opt, cfg.lr * warmup_constant(step, cfg.warmup_steps))
+        set_lr(opt, learning_rate(step, cfg))
         tokens, labels = data.batch(step)
         if len(tokens) * D.world() != cfg.batch_size:
             raise ValueError(f"step {step}: {len(tokens)} rows x {D.world()} ranks != the global "
@@ -117,6 +123,8 @@ def train_ar(
         done = step + 1
         if val_batches is not None and (done % cfg.val_every == 0 or done == cfg.steps):
             logs["val_loss"] = val_loss(model, val_batches(), device)  # every rank: FSDP gathers
+        if quality is not None and cfg.quality_every and (done % cfg.quality_every == 0 or done == cfg.steps):
+            logs.update({f"quality/{k}": v for k, v in quality(model).items()})
         if D.is_main():
             on_log(step, logs)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:

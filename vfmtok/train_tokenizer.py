@@ -31,13 +31,13 @@ from vfmtok.training import (
     EMA,
     StepSampler,
     config_hash,
+    learning_rate,
     load_checkpoint,
     save_checkpoint,
     set_lr,
     step_generator,
-    warmup_constant,
 )  # fmt: skip
-from vfmtok.typed import result_dict
+from vfmtok.typed import result_dict, validate
 
 
 class TrainData(Protocol):
@@ -69,6 +69,7 @@ def train_tokenizer(
     """Train ``model`` for ``cfg.steps`` steps, resuming from ``checkpoint_dir`` when it holds a
     checkpoint of the same ``run_config`` (model + training config). Under torchrun ``on_log``
     runs on rank 0 only."""
+    validate(cfg)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME
     chash = config_hash(run_config if run_config is not None else result_dict(cfg))
     rank, world = D.rank(), D.world()
@@ -99,14 +100,15 @@ def train_tokenizer(
     sampler = StepSampler(len(data), cfg.batch_size, cfg.seed)
     model.train()
     for step in range(start, cfg.steps):
-        set_lr(opt, cfg.lr * warmup_constant(step, cfg.warmup_steps))
+        set_lr(opt, learning_rate(step, cfg))
+        progress = step / cfg.steps  # the share of the run done: when the GAN starts
         indices = sampler.indices(step)[rank * local_batch:(rank + 1) * local_batch]
         images, levels = data.batch(indices, step_generator(D.rank_seed(cfg.seed, rank), step))
         images = images.to(device, non_blocking=True)
         levels = None if levels is None else [lv.to(device, non_blocking=True).float() for lv in levels]
         with autocast(device):
             out = runner(images, levels)
-            g = loss_fn.generator_losses(images, out.recon, step, image_levels=levels)
+            g = loss_fn.generator_losses(images, out.recon, progress, image_levels=levels)
             semantic = loss_cfg.semantic_weight * out.semantic_loss
             total = sum(g.values()) + out.vq.loss + semantic
         opt.zero_grad(set_to_none=True)
@@ -121,8 +123,9 @@ def train_tokenizer(
                     usage=float(out.vq.usage), perplexity=float(out.vq.perplexity))  # fmt: skip
         if opt_d is not None:
             with autocast(device):
-                d_loss = loss_fn.discriminator_loss(images, out.recon.detach(), step, image_levels=levels)
-            if d_loss is not None:  # same on every rank: gan_start is a step number
+                d_loss = loss_fn.discriminator_loss(images, out.recon.detach(), progress,
+                                                    image_levels=levels)
+            if d_loss is not None:  # same on every rank: progress is a function of the step
                 opt_d.zero_grad(set_to_none=True)
                 d_loss.backward()
                 D.average_gradients(d_params)

@@ -9,6 +9,7 @@ checkpoints are written atomically so a kill never leaves a half-written one beh
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from vfmtok import files
+from vfmtok.config import TrainLoopConfig
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -54,11 +56,20 @@ class EMA:
         return ema_model
 
 
-def warmup_constant(step: int, warmup_steps: int) -> float:
-    """lr factor: linear warmup from ~0 to 1 over ``warmup_steps``, then constant (as published)."""
-    if warmup_steps <= 0:
-        return 1.0
-    return min(1.0, (step + 1) / warmup_steps)
+def learning_rate(step: int, cfg: TrainLoopConfig) -> float:
+    """The lr of ``step`` (0-based): linear warmup to ``cfg.lr`` over ``warmup_steps``, then
+    constant (as published) or a cosine decay that reaches ``min_lr`` at the last step.
+
+    A short run at a constant rate ends where the loss is still falling fast and the weights still
+    jitter; decaying to a floor settles them, which the EMA alone does not at few steps.
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    span = max(1, cfg.steps - 1 - cfg.warmup_steps)
+    t = min(1.0, (step - cfg.warmup_steps) / span)  # 0 after warmup .. 1 at the last step
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * t))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

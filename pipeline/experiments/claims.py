@@ -1,88 +1,150 @@
-"""``vfmtok-pipeline claims``: VFMTok vs the pixel-only baseline on the same data and AR budget,
-measured as DVC experiments and set beside the paper's figures in ``reports/claims.md``."""
+"""``vfmtok-pipeline claims``: the paper's claims in miniature, measured as DVC experiments.
+
+Three runs on the same data, token count and AR budget (``params/claims.yaml``, or the active
+params with ``--profile active``): VFMTok, the pixel-only VQGAN baseline, and VFMTok on a
+random-init frozen backbone of the same architecture (the paper's premise is that the foundation
+model's features are what make the tokens good: this run tests it), plus the VFMTok run resampled
+at a few CFG scales ("good without CFG"). Every run is a ``dvc exp run --temp``: the workspace is
+left alone, and runs share DVC's run cache (the CFG sweep re-runs only sample and evaluate).
+
+AR convergence is sample quality against AR steps, as the paper plots it: the FD of a fixed sample
+set in the judge's feature space every ``train_ar.quality_every`` steps (``pipeline/sample_quality``).
+For each pair the report gives the steps each run needs to reach the quality the *other* reaches
+at the end of its budget; no threshold is derived from the compared runs.
+"""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
-import yaml
-
 from pipeline.layout import Layout
+from pipeline.params import load_params, profile_path
+from pipeline.reporting import plots
 from pipeline.revisions import read_json
 from vfmtok import files
 from vfmtok.training import steps_to_reach
 
+RUNS = {  # experiment name -> params overrides (dvc exp run -S)
+    "claims-vfmtok": ["tokenizer.kind=vfmtok"],
+    "claims-vqgan": ["tokenizer.kind=vqgan"],
+    "claims-random": ["tokenizer.kind=vfmtok", "backbone.weights=random", "backbone.allow_random_init=true"],
+}
+CFG_SCALES = (1.5, 2.0, 3.0)
+LABELS = {"claims-vfmtok": "VFMTok", "claims-vqgan": "VQGAN baseline",
+          "claims-random": "VFMTok, random-init backbone"}
 PAPER = {  # arXiv 2507.08441 (ImageNet 256x256); see shared/reference/vfmtok-method.md
     "tokens_per_image": "256 (vs 576 for grid tokenizers of similar quality)",
     "codebook_usage": "100% (vs ~95-99% for other tokenizers)",
     "linear_probe_acc": "69.4% (VQGAN: 23.1%)",
     "rfid": "0.89 (LlamaGen VQ-16, 256 tokens: 2.19)",
-    "gfid": "GPT-B 3.09 without CFG (LlamaGen GPT-B: 5.46)",
+    "gfid": "GPT-B 3.09 without CFG, 3.43 with (LlamaGen GPT-B: 5.46)",
     "ar_convergence": "~3x faster AR convergence than on a pixel tokenizer's tokens",
 }
 
 
+def cfg_name(scale: float) -> str:
+    return f"claims-vfmtok-cfg{scale:g}"
 
-def _read_reports(rev: str, root: str) -> dict[str, dict]:
-    """The evaluate and train_ar reports as that revision (commit or experiment) has them."""
+
+def _exp_run(root: Path, name: str, overrides: list[str]) -> None:
+    subprocess.run(["dvc", "exp", "remove", name], cwd=root, capture_output=True)  # may not exist
+    cmd = ["dvc", "exp", "run", "--temp", "-n", name]
+    for item in overrides:
+        cmd += ["-S", item]
+    subprocess.run(cmd, cwd=root, check=True)
+
+
+def run_experiments(root: Path, profile: str = "claims") -> None:
+    """The three runs and the CFG sweep, with ``params/<profile>.yaml`` as params.yaml for the
+    duration (``active``: the workspace's own), which is then put back as it was."""
+    params_file = root / "params.yaml"
+    original = params_file.read_bytes()
+    if profile != "active":
+        source = profile_path(profile, root)
+        load_params(source)  # refuse a profile that does not validate before running anything
+        shutil.copyfile(source, params_file)
+    try:
+        for name, overrides in RUNS.items():
+            _exp_run(root, name, overrides)
+        for scale in CFG_SCALES:
+            _exp_run(root, cfg_name(scale), [*RUNS["claims-vfmtok"], f"sample.cfg_scale={scale}"])
+    finally:
+        files.write_bytes(params_file, original)
+
+
+def _reports(rev: str, root: str) -> dict[str, dict]:
+    """The evaluate and train_ar reports as that experiment has them."""
     return {name: read_json(rev, f"reports/{name}.json", root) for name in ("metrics", "train_ar")}
 
 
-def run_claim_experiments(root: str = ".") -> None:
-    """Two named DVC experiments that differ only in ``tokenizer.kind``. The baseline runs first, so
-    the workspace ends on the default (VFMTok) results."""
-    params_file = Path(root) / "params.yaml"
-    original = params_file.read_text()
-    for kind in ("vqgan", "vfmtok"):
-        name = f"claims-{kind}"
-        subprocess.run(["dvc", "exp", "remove", name], cwd=root, capture_output=True)  # may not exist
-        subprocess.run(["dvc", "exp", "run", "-n", name, "-S", f"tokenizer.kind={kind}"], cwd=root,
-                       check=True)
-    # `-S` rewrites params.yaml (comments and layout lost); keep the user's file when the values
-    # are the same, as they are when the profile's kind is vfmtok.
-    if yaml.safe_load(params_file.read_text()) == yaml.safe_load(original):
-        files.write_text(params_file, original)
+def _fd_curve(report: dict) -> list[tuple[int, float]]:
+    return [(int(step), float(fd)) for step, fd, *_ in report["train_ar"].get("quality_curve") or []]
 
 
-def claims(root: str = ".", run: bool = False) -> Path:
-    """Write ``reports/claims.md``: the paper's claims measured in miniature, beside its figures."""
+def _fmt(v: object) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def convergence_lines(got: dict[str, dict], a: str, b: str) -> list[str]:
+    """How many AR steps each of two runs needs to reach the sample quality the other has at the
+    end of its budget (FD, lower is better)."""
+    ca, cb = _fd_curve(got[a]), _fd_curve(got[b])
+    if not ca or not cb:
+        return [f"- {LABELS[a]} vs {LABELS[b]}: no sample-quality curve (train_ar.quality_every is 0)."]
+    out = []
+    for x, cx, y, cy in ((a, ca, b, cb), (b, cb, a, ca)):
+        target, budget = cy[-1][1], cx[-1][0]
+        reached = steps_to_reach(cx, target)
+        where = (f"at step {reached} of {budget} ({budget / reached:.2f}x fewer steps)" if reached
+                 else f"not within its {budget} steps (its best: {min(v for _, v in cx):.4g})")
+        out.append(f"- {LABELS[x]} reaches {LABELS[y]}'s final FD {target:.4g} {where}.")
+    return out
+
+
+def claims(root: str = ".", run: bool = False, profile: str = "claims") -> Path:
+    """Write ``reports/claims.md`` and ``reports/claims_convergence.png``."""
+    path = Path(root)
     if run:
-        run_claim_experiments(root)
-    got = {kind: _read_reports(f"claims-{kind}", root) for kind in ("vfmtok", "vqgan")}
+        run_experiments(path, profile)
+    got = {name: _reports(name, root) for name in RUNS}
+    cfg = {scale: _reports(cfg_name(scale), root)["metrics"].get("gfid") for scale in CFG_SCALES}
 
-    def m(kind: str, key: str) -> object:
-        return got[kind]["metrics"].get(key)
+    def row(title: str, key: str, paper: str = "") -> str:
+        return f"| {title} | " + " | ".join(_fmt(got[n]["metrics"].get(key)) for n in RUNS) + f" | {paper} |"
 
-    curves = {k: got[k]["train_ar"].get("val_curve") or [] for k in got}
-    # The fixed val loss: the best that both runs reach (the higher of the two minima).
-    threshold = max(min(v for _, v in c) for c in curves.values()) if all(curves.values()) else None
-    reach = {k: steps_to_reach(c, threshold) if threshold else None for k, c in curves.items()}
-    speedup = (reach["vqgan"] / reach["vfmtok"]) if reach["vfmtok"] and reach["vqgan"] else None
-    rows = [
-        ("tokens per image", m("vfmtok", "tokens_per_image"), m("vqgan", "tokens_per_image"),
-         PAPER["tokens_per_image"]),
-        ("codebook usage (val)", m("vfmtok", "codebook_usage"), m("vqgan", "codebook_usage"),
-         PAPER["codebook_usage"]),
-        ("linear probe accuracy", m("vfmtok", "linear_probe_acc"), m("vqgan", "linear_probe_acc"),
-         PAPER["linear_probe_acc"]),
-        ("rFID", m("vfmtok", "rfid"), m("vqgan", "rfid"), PAPER["rfid"]),
-        ("gFID at equal AR steps, no CFG", m("vfmtok", "gfid"), m("vqgan", "gfid"), PAPER["gfid"]),
-        (f"AR steps to val loss {threshold:.4f}" if threshold else "AR steps to a fixed val loss",
-         reach["vfmtok"], reach["vqgan"], PAPER["ar_convergence"]),
-        ("sample class accuracy", m("vfmtok", "sample_class_acc"), m("vqgan", "sample_class_acc"), ""),
-    ]
-    lines = ["# The paper's claims in miniature", "",
-             "Two DVC experiments on the same data, backbone and AR budget that differ only in "
-             "`tokenizer.kind` (`claims-vfmtok`, `claims-vqgan`), made by "
-             "`vfmtok-pipeline claims --run`. Measured numbers, whichever way they come out.", "",
-             "| claim | VFMTok (measured) | VQGAN baseline (measured) | paper (ImageNet 256) |",
-             "|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    lines += ["", f"AR convergence speed-up (baseline steps / VFMTok steps to the same val loss): "
-              f"{'n/a' if speedup is None else f'{speedup:.2f}x'}. Val losses of two tokenizers are "
-              "losses over different vocabularies' token distributions; read them with that caveat.",
-              ""]
-    out = Layout(Path(root)).reports / "claims.md"
+    best = min((v, s) for s, v in cfg.items() if v is not None) if any(cfg.values()) else None
+    lines = [
+        "# The paper's claims in miniature", "",
+        "Three DVC experiments on the same data, token count and AR budget (`params/claims.yaml`), made "
+        "by `vfmtok-pipeline claims --run`; measured numbers, whichever way they come out. The judge "
+        "(a fixed pretrained network, `judge` in params) scores samples for all three.", "",
+        "| claim | " + " | ".join(LABELS[n] for n in RUNS) + " | paper (ImageNet 256) |",
+        "|---|" + "---|" * (len(RUNS) + 1),
+        row("tokens per image", "tokens_per_image", PAPER["tokens_per_image"]),
+        row("codebook usage (val)", "codebook_usage", PAPER["codebook_usage"]),
+        row("linear probe accuracy of the tokens", "linear_probe_acc", PAPER["linear_probe_acc"]),
+        row("reconstruction PSNR (dB)", "psnr"),
+        row("rFID", "rfid", PAPER["rfid"]),
+        row("gFID, no CFG", "gfid", PAPER["gfid"]),
+        row("sample class accuracy (judge)", "sample_class_acc"),
+        row("backbone linear-readout PSNR (ceiling)", "backbone_linear_psnr"),
+        "", "## AR convergence (sample quality against steps)", "",
+        *convergence_lines(got, "claims-vfmtok", "claims-vqgan"),
+        *convergence_lines(got, "claims-vfmtok", "claims-random"),
+        f"- Paper: {PAPER['ar_convergence']}. Curves: [claims_convergence.png](claims_convergence.png).",
+        "", "## Good without CFG", "",
+        f"VFMTok gFID at CFG 1.0 (none): {_fmt(got['claims-vfmtok']['metrics'].get('gfid'))}; "
+        + ", ".join(f"CFG {s:g}: {_fmt(v)}" for s, v in cfg.items())
+        + (f"; best of the sweep: {best[0]:.4g} at CFG {best[1]:g}." if best else "."),
+        "",
+    ]  # fmt: skip
+    layout = Layout(path)
+    out = layout.reports / "claims.md"
     files.write_text(out, "\n".join(lines))
+    plots.curves(layout.picture("claims_convergence"), {LABELS[n]: _fd_curve(got[n]) for n in RUNS},
+                 ylabel="FD to val, judge features", title="AR convergence: a fixed sample set's quality")
     return out

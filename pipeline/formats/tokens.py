@@ -159,6 +159,11 @@ class TokenFile:
         labels = table.column("label").to_numpy().astype(np.int64)
         return tokens, labels, table.column("image_id").to_pylist()
 
+    def flipped(self, i: int) -> np.ndarray:
+        """(R,) bool of row group ``i``: the rows that encode a horizontally flipped image."""
+        column = self._pf.read_row_group(i, columns=["flipped"]).column("flipped")
+        return column.to_numpy(zero_copy_only=False)
+
     def validate(self) -> None:
         """Check every row group (ids in range, lengths) without keeping anything in memory."""
         for i in range(self.num_row_groups):

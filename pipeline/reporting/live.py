@@ -31,3 +31,15 @@ def open_live(live_dir: Path, start_step: int) -> Live:
         live = Live(str(live_dir), resume=False, save_dvc_exp=False, dvcyaml=None)
     live.step = start_step
     return live
+
+
+def read_curve(live_dir: Path, metric: str) -> list[tuple[int, float]]:
+    """``(steps done, value)`` of a logged metric (e.g. "val/loss"), the whole history on disk: a
+    resumed run's curve includes what the killed run logged before its last checkpoint."""
+    tsv = live_dir / "plots" / "metrics" / f"{metric}.tsv"
+    if not tsv.is_file():
+        return []
+    with open(tsv, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    name = metric.rsplit("/", 1)[-1]
+    return [(int(r["step"]) + 1, float(r[name])) for r in rows]  # logged at the 0-based step

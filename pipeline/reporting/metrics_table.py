@@ -24,13 +24,22 @@ HOW = {
     "codebook_usage": "unique codes in the val tokens / codebook size",
     "codebook_perplexity": "exp(entropy) of the val code histogram",
     "linear_probe_acc": "logistic regression on mean-pooled dequantized tokens (train -> val)",
-    "sample_class_acc": "share of samples whose class a logistic regression on the frozen "
-                        "backbone's pooled last level predicts as the conditioning class",
+    "sample_class_acc": "share of samples whose class a logistic regression on the judge's "
+                        "pooled last level predicts as the conditioning class",
     "val_class_acc": "the same classifier on real val images (the ceiling for sample_class_acc)",
+    "error_bias_max": "largest |mean over val images of (recon - original)| over 8x8-pixel blocks, "
+                      "grey levels: an error every image shares (a fixed-position artifact); "
+                      "see error_map.png",
+    "token_linear_psnr": "PSNR of a ridge regression from the dequantized tokens to the pixels "
+                         "(fit on train, alpha by leave-one-out, scored on val): the decoder "
+                         "should beat it",
+    "backbone_linear_psnr": "the same ridge readout from the frozen backbone's levels: the ceiling "
+                            "those features set for a linear decoder",
+    "readout_train_images": "train images the ridge readouts are fit on (`evaluate.probe_train`)",
 }
 
 
-def write_metrics(layout: Layout, params: Params, metrics: dict, extractor: str, backbone: str) -> None:
+def write_metrics(layout: Layout, params: Params, metrics: dict, extractor: str, judge: str) -> None:
     files.write_json(layout.metrics_table("json"), metrics)
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -41,7 +50,7 @@ def write_metrics(layout: Layout, params: Params, metrics: dict, extractor: str,
     lines = [
         "# Metrics", "",
         f"Tokenizer `{params.tokenizer.kind}` ({params.tokenizer.n_tokens} tokens, codebook "
-        f"{params.tokenizer.codebook_size}x{params.tokenizer.codebook_dim}), backbone `{backbone}`, "
+        f"{params.tokenizer.codebook_size}x{params.tokenizer.codebook_dim}), judge `{judge}`, "
         f"GPT `{params.ar_model.model}`, CFG scale {params.sample.cfg_scale}. "
         f"FID-type metrics use {metrics['fid_images']} val images and {metrics['fid_samples']} "
         f"samples (extractor `{extractor}`); small sets bias FID upward, so compare runs of equal size.",
@@ -49,11 +58,12 @@ def write_metrics(layout: Layout, params: Params, metrics: dict, extractor: str,
     ]  # fmt: skip
     for k, v in metrics.items():
         shown = "absent" if v is None else v
-        how = HOW.get(k, "FD of pooled backbone features, samples vs val" if k.startswith("fd_") else "")
+        how = HOW.get(k, "FD of the judge's pooled last level, samples vs val" if k.startswith("fd_") else "")
         lines.append(f"| {k} | {shown} | {how} |")
     lines += ["", "## Pictures", "",
               "- Reconstructions (top: val originals, bottom: reconstructions): "
               "[tokenizer_recon.png](tokenizer_recon.png)",
+              "- Mean signed and absolute reconstruction error: [error_map.png](error_map.png)",
               "- Samples, a row per class: [samples.png](samples.png); per class: [samples/](samples/)",
               "- Training curves: `dvc plots show` (reports/train_tokenizer, reports/train_ar)", ""]
     files.write_text(layout.metrics_table("md"), "\n".join(lines))

@@ -26,12 +26,12 @@ from pipeline.formats.prepared import SplitImages
 from pipeline.layout import Layout
 from pipeline.params import Params, load_params
 from pipeline.reconstruction import reconstruct
-from pipeline.reporting import metrics_table
+from pipeline.reporting import metrics_table, plots
 from pipeline.trained import load_tokenizer
 from vfmtok import fid as fd
 from vfmtok import inception
 from vfmtok.backbones import build_backbone
-from vfmtok.metrics import batch_psnr, batch_ssim, codebook_usage, fit_probe
+from vfmtok.metrics import batch_psnr, batch_ssim, codebook_usage, error_bias, fit_probe, linear_readout_psnr
 from vfmtok.runtime import pick_device
 from vfmtok.tokenizer import Tokenizer
 
@@ -56,30 +56,53 @@ def generation(fid: inception.InceptionFeatures, ref: np.ndarray, sample_images:
 @task(cache_policy=NO_CACHE)
 def reconstruction(params: Params, layout: Layout, tokenizer: Tokenizer, fid: inception.InceptionFeatures,
                    val: SplitImages, ref: np.ndarray, pick: np.ndarray, device: torch.device) -> dict:
-    """The EMA tokenizer on the val images: rFID (same reference), PSNR, SSIM, codebook use."""
+    """The EMA tokenizer on the val images: rFID (same reference), PSNR, SSIM, codebook use, and
+    the error that every reconstruction shares (``reports/error_map.png``)."""
     feats = features.for_split(layout.features, val, params.tokenizer.kind, params.extract_features.splits)
     orig, recon, _ = reconstruct(tokenizer, val, feats, params.evaluate.batch_size, device)
     val_file = tokens.TokenFile(tokens.split_file(layout.tokens, "val"))
     usage, perplexity = codebook_usage(np.concatenate([t for t, _ in val_file.iter_row_groups()]),
                                        params.tokenizer.codebook_size)
+    signed, absolute, worst = error_bias(orig, recon)
+    plots.error_maps(layout.picture("error_map"), signed, absolute, worst, len(orig))
     return {
         "rfid": round(fd.fid_from_features(ref, fid.features(recon[pick])), 3),
         "psnr": round(batch_psnr(orig, recon, data_range=255), 3),
         "ssim": round(batch_ssim(orig, recon, data_range=255), 4),
+        "error_bias_max": round(worst, 3),
         "codebook_usage": round(usage, 4),
         "codebook_perplexity": round(perplexity, 2),
     }
 
 
 @task(cache_policy=NO_CACHE)
+def readouts(params: Params, layout: Layout, tokenizer: Tokenizer, val: SplitImages,
+             device: torch.device) -> dict:
+    """Ridge readouts to the pixels (fit on train, scored on val): from the dequantized tokens (a
+    decoder should beat it) and from the frozen backbone's levels (the ceiling of its features)."""
+    n = params.evaluate.probe_train
+    train = SplitImages(layout.prepared, "train")
+    t_pick = np.arange(len(train) if n <= 0 else min(n, len(train)))
+    v_pick = np.arange(len(val))
+    t_tok = evaluation.token_vectors(tokenizer, layout, "train", train, t_pick, device)
+    v_tok = evaluation.token_vectors(tokenizer, layout, "val", val, v_pick, device)
+    token_psnr, _ = linear_readout_psnr(t_tok, train.uint8(t_pick), v_tok, val.uint8(v_pick))
+    t_bb = evaluation.backbone_vectors(params, layout, train, t_pick, device)
+    v_bb = evaluation.backbone_vectors(params, layout, val, v_pick, device)
+    backbone_psnr, _ = linear_readout_psnr(t_bb, train.uint8(t_pick), v_bb, val.uint8(v_pick))
+    return {"token_linear_psnr": round(token_psnr, 3), "backbone_linear_psnr": round(backbone_psnr, 3),
+            "readout_train_images": int(len(t_pick))}
+
+
+@task(cache_policy=NO_CACHE)
 def semantics(params: Params, layout: Layout, tokenizer: Tokenizer, val: SplitImages, pick: np.ndarray,
               sample_images: np.ndarray, sample_labels: np.ndarray, s_pick: np.ndarray,
               device: torch.device) -> dict:
-    """Linear probe of the tokens; class accuracy of the samples by a classifier on the frozen
-    backbone's pooled last level (and its accuracy on real val images, the ceiling); FD in the
-    backbone's feature space."""
+    """Linear probe of the tokens; class accuracy of the samples by a classifier on the judge's
+    pooled last level (and its accuracy on real val images, the ceiling); FD in the judge's
+    feature space."""
     e = params.evaluate
-    backbone = build_backbone(params.backbone).to(device)
+    backbone = build_backbone(params.judge).to(device)
     train = SplitImages(layout.prepared, "train")
     t_pick = evaluation.balanced_subset(train.labels, e.probe_train)
     clf = fit_probe(evaluation.pooled_backbone(backbone, train.uint8(t_pick), device), train.labels[t_pick])
@@ -89,12 +112,12 @@ def semantics(params: Params, layout: Layout, tokenizer: Tokenizer, val: SplitIm
         "linear_probe_acc": round(evaluation.token_probe(tokenizer, layout, e.probe_train, device), 4),
         "sample_class_acc": round(float((clf.predict(sample_bb) == sample_labels).mean()), 4),
         "val_class_acc": round(float((clf.predict(val_bb) == val.labels).mean()), 4),
-        f"fd_{backbone_name(params)}": round(fd.fid_from_features(val_bb[pick], sample_bb[s_pick]), 3),
+        f"fd_{judge_name(params)}": round(fd.fid_from_features(val_bb[pick], sample_bb[s_pick]), 3),
     }
 
 
-def backbone_name(params: Params) -> str:
-    return params.backbone.model or params.backbone.kind
+def judge_name(params: Params) -> str:
+    return params.judge.model or params.judge.kind
 
 
 @flow(name="evaluate")
@@ -117,12 +140,13 @@ def evaluate_flow(params_file: str = "params.yaml", root: str = ".") -> dict:
         "tokens_per_image": params.tokenizer.n_tokens,
         **generation(fid, ref, sample_images, s_pick, e.kid_subset_size),
         **reconstruction(params, layout, tokenizer, fid, val, ref, pick, device),
+        **readouts(params, layout, tokenizer, val, device),
         **semantics(params, layout, tokenizer, val, pick, sample_images, sample_labels, s_pick, device),
         "fid_images": int(len(pick)),
         "fid_samples": int(len(s_pick)),
         "seconds": round(time.perf_counter() - start, 1),  # the stage's own work
     }
-    metrics_table.write_metrics(layout, params, metrics, extractor=fid.name, backbone=backbone_name(params))
+    metrics_table.write_metrics(layout, params, metrics, extractor=fid.name, judge=judge_name(params))
     get_run_logger().info("gFID %.2f, rFID %.2f, PSNR %.2f, usage %.1f%%, probe %.1f%%", metrics["gfid"],
                           metrics["rfid"], metrics["psnr"], 100 * metrics["codebook_usage"],
                           100 * metrics["linear_probe_acc"])

@@ -1,11 +1,12 @@
 """Stage ``train_ar``: the class-conditional GPT over the tokenizer's Parquet tokens.
 
-Reads ``ar_model``, ``train_ar``, ``tokenizer.codebook_size``, ``tokenizer.n_tokens``,
-``data/tokens`` and ``data/prepared/classes.json``; writes ``data/gpt`` (the model's
-``save_pretrained`` folder), ``reports/train_ar.json`` (final val loss, steps to val-loss
-thresholds, tokens/s) and ``reports/train_ar/`` (DVCLive curves: per-step train loss, periodic
-val loss). Checkpoints: ``data/checkpoints/gpt`` (persisted). Both token files are validated
-before the first step, so a bad file stops the stage before anything is written.
+Reads ``ar_model``, ``train_ar``, ``judge``, ``tokenizer``, ``data/tokens``, ``data/tokenizer`` and
+``data/prepared``; writes ``data/gpt`` (the model's ``save_pretrained`` folder),
+``reports/train_ar.json`` (final val loss, the sample-quality curve: FD and class accuracy of a
+fixed sample set judged every ``quality_every`` steps, steps to val-loss thresholds, tokens/s)
+and ``reports/train_ar/`` (DVCLive curves). Checkpoints: ``data/checkpoints/gpt`` (persisted).
+Both token files are validated before the first step, so a bad file stops the stage before
+anything is written.
 """
 
 from __future__ import annotations
@@ -20,11 +21,15 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline.errors import retry_unless_user_error
 from pipeline.formats import prepared, tokens
+from pipeline.formats.prepared import SplitImages
 from pipeline.layout import Layout
 from pipeline.params import Params, load_params
-from pipeline.reporting.live import open_live
+from pipeline.reporting.live import open_live, read_curve
+from pipeline.sample_quality import SampleQuality
 from pipeline.token_stream import TokenStream, iter_batches
+from pipeline.trained import load_tokenizer
 from vfmtok import distributed, files
+from vfmtok.backbones import build_backbone
 from vfmtok.gpt import GPT
 from vfmtok.train_ar import train_ar, val_loss
 from vfmtok.training import num_params, steps_to_reach
@@ -37,7 +42,6 @@ STAGE = "train_ar"
 class Trained:
     model: GPT  # trained in place (sharded under FSDP2)
     steps_run: int
-    val_curve: list[tuple[int, float]]
     seconds: float
 
 
@@ -74,9 +78,9 @@ def fit(params: Params, layout: Layout, device: torch.device) -> Trained:
     gpt_cfg = params.ar_model.gpt_config(params.tokenizer.codebook_size, params.tokenizer.n_tokens,
                                          num_classes)
     model = GPT(gpt_cfg).to(device)
-    run_config = {k: result_dict(getattr(params, k)) for k in ("tokenizer", "ar_model", STAGE)}
+    run_config = {k: result_dict(getattr(params, k)) for k in ("tokenizer", "ar_model", "judge", STAGE)}
     run_config["tokens_sha256"] = train.meta.get("tokenizer_sha256")
-    live, val_curve = None, []
+    live = None
 
     def log(step: int, logs: dict[str, float]) -> None:
         nonlocal live
@@ -86,17 +90,32 @@ def fit(params: Params, layout: Layout, device: torch.device) -> Trained:
         live.log_metric("train/lr", logs["lr"])
         if "val_loss" in logs:
             live.log_metric("val/loss", logs["val_loss"])
-            val_curve.append((step + 1, logs["val_loss"]))
+        for key in ("quality/fd", "quality/class_acc"):
+            if key in logs:
+                live.log_metric(key, logs[key])
         live.next_step()
 
     start = time.perf_counter()
     steps_run = train_ar(model, rank_stream(train, cfg.batch_size, cfg.seed), cfg,
                          layout.checkpoints("gpt"), device,
                          val_batches=lambda: iter_batches(val, cfg.batch_size, cfg.val_rows),
-                         on_log=log, run_config=run_config)
+                         on_log=log, run_config=run_config, quality=_quality(params, layout, device))
     if live is not None:
         live.end()
-    return Trained(model, steps_run, val_curve, time.perf_counter() - start)
+    return Trained(model, steps_run, time.perf_counter() - start)
+
+
+def _quality(params: Params, layout: Layout, device: torch.device) -> SampleQuality | None:
+    """The sample-quality judge of ``train_ar.quality_every`` (None when off)."""
+    cfg = params.train_ar
+    if not cfg.quality_every:
+        return None
+    tokenizer, _ = load_tokenizer(layout, params, device)
+    judge = build_backbone(params.judge).to(device)
+    classes = prepared.read_classes(layout.prepared)
+    return SampleQuality(tokenizer, judge, SplitImages(layout.prepared, "train"),
+                         SplitImages(layout.prepared, "val"), len(classes), cfg.quality_per_class,
+                         cfg.quality_probe_train, cfg.seed, params.sample.batch_size, device)
 
 
 @flow(name=STAGE)
@@ -113,16 +132,22 @@ def train_ar_flow(params_file: str = "params.yaml", root: str = ".") -> dict:
         return {}
     model.save_pretrained(layout.gpt, name=params.ar_model.model, state=state)
     tokens_per_step = cfg.batch_size * params.tokenizer.n_tokens
+    val_curve = read_curve(layout.live(STAGE), "val/loss")
     report = {
         "val_loss": round(final_val, 4),
         "steps": cfg.steps,
         "params": num_params(model),
         "train_seconds": round(trained.seconds, 1),
         "train_tokens_per_s": round(trained.steps_run * tokens_per_step / max(trained.seconds, 1e-9), 1),
-        "val_curve": [[s, round(v, 4)] for s, v in trained.val_curve],
+        "val_curve": [[s, round(v, 4)] for s, v in val_curve],
     }
+    if cfg.quality_every:  # sample quality against steps: how the paper plots AR convergence
+        fd_curve = read_curve(layout.live(STAGE), "quality/fd")
+        acc_curve = dict(read_curve(layout.live(STAGE), "quality/class_acc"))
+        report["quality_curve"] = [[s, v, acc_curve.get(s)] for s, v in fd_curve]  # step, FD, class acc
+        report["quality_fd"], report["quality_class_acc"] = fd_curve[-1][1], acc_curve.get(fd_curve[-1][0])
     for t in cfg.report_thresholds:
-        report[f"steps_to_val_loss_{t}"] = steps_to_reach(trained.val_curve, t)
+        report[f"steps_to_val_loss_{t}"] = steps_to_reach(val_curve, t)
     files.write_json(layout.report(STAGE), report)
     get_run_logger().info("GPT val loss %.4f after %d steps", final_val, cfg.steps)
     return report
