@@ -3,11 +3,9 @@ measured as DVC experiments and set beside the paper's figures in ``reports/clai
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-import yaml
-
+from pipeline.experiments.runs import run_experiments
 from pipeline.layout import Layout
 from pipeline.revisions import read_json
 from vfmtok import files
@@ -32,17 +30,7 @@ def _read_reports(rev: str, root: str) -> dict[str, dict]:
 def run_claim_experiments(root: str = ".") -> None:
     """Two named DVC experiments that differ only in ``tokenizer.kind``. The baseline runs first, so
     the workspace ends on the default (VFMTok) results."""
-    params_file = Path(root) / "params.yaml"
-    original = params_file.read_text()
-    for kind in ("vqgan", "vfmtok"):
-        name = f"claims-{kind}"
-        subprocess.run(["dvc", "exp", "remove", name], cwd=root, capture_output=True)  # may not exist
-        subprocess.run(["dvc", "exp", "run", "-n", name, "-S", f"tokenizer.kind={kind}"], cwd=root,
-                       check=True)
-    # `-S` rewrites params.yaml (comments and layout lost); keep the user's file when the values
-    # are the same, as they are when the profile's kind is vfmtok.
-    if yaml.safe_load(params_file.read_text()) == yaml.safe_load(original):
-        files.write_text(params_file, original)
+    run_experiments(root, [(f"claims-{kind}", [f"tokenizer.kind={kind}"]) for kind in ("vqgan", "vfmtok")])
 
 
 def claims(root: str = ".", run: bool = False) -> Path:
