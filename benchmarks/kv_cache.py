@@ -9,10 +9,11 @@ the speed-up; eager, and with the compiled decode step (``generate(compile=True)
 Why repeats: on a shared CPU one draw pair gave 10.1x and a later one 5.2x; the median and the
 range say which part of such a gap is the machine's load.
 
-Where the per-token time goes (``--profile``): the ATen ops of ``--profile-tokens`` cached decode
-steps under ``torch.profiler``, their self time by kind (matmul, attention, sampling, the rest),
-the ops per token, and the time the step's FLOPs would take at this device's measured matmul rate
-(a 1024^3 GEMM). Step time far above that FLOP time, spread over ~100 small ops, is dispatch.
+Where the per-token time goes (``--profile``; host side only, CPU activity): the ATen ops of
+``--profile-tokens`` cached decode steps under ``torch.profiler``, their self time by kind
+(matmul, attention, sampling, the rest), the ATen calls per token (nested ones included), and the
+time the step's FLOPs would take at this device's measured matmul rate (a 1024^3 GEMM). Step
+time far above that FLOP time, spread over hundreds of small calls, is dispatch.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from bench_report import device_name  # noqa: E402
 
 from pipeline.params import load_params  # noqa: E402
 from vfmtok.generate import generate  # noqa: E402
-from vfmtok.runtime import pick_device  # noqa: E402
+from vfmtok.runtime import autocast, pick_device  # noqa: E402
 from vfmtok.transformer import Generator  # noqa: E402
 
 KINDS = {  # profiler op name fragments -> kind (first match wins)
@@ -92,17 +93,20 @@ def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> di
     with torch.no_grad():
         model.output.weight.normal_(0, 0.02)  # a zero head would make every draw alike
     labels = torch.arange(args.batch, device=device) % model.config.num_classes
-    draws = {"kv_cache": lambda: generate(model, labels, args.tokens),
-             "no_cache": lambda: generate(model, labels, args.tokens, use_kv_cache=False)}
+    def draw(**kw) -> None:
+        with autocast(device):  # bf16 on CUDA, as the sample stage runs; nothing on CPU
+            generate(model, labels, args.tokens, **kw)
+
+    draws = {"kv_cache": lambda: draw(), "no_cache": lambda: draw(use_kv_cache=False)}
     out = {"model": name, "params": sum(p.numel() for p in model.parameters()), "batch": args.batch,
            "tokens": args.tokens}
     if args.compile:
         sync(device)
         start = time.perf_counter()
-        generate(model, labels, args.tokens, compile=True)  # first call: tracing + code generation
+        draw(compile=True)  # first call: tracing + code generation
         sync(device)
         out["compile_s"] = round(time.perf_counter() - start, 1)
-        draws["compiled"] = lambda: generate(model, labels, args.tokens, compile=True)
+        draws["compiled"] = lambda: draw(compile=True)
     times = {k: repeat_times(fn, device, int(k != "no_cache"), args.repeats) for k, fn in draws.items()}
     out["seconds"] = {k: spread(v) for k, v in times.items()}
     out["speedup"] = {f"{k}_vs_no_cache": ratio_spread(times["no_cache"], v)

@@ -139,10 +139,10 @@ def test_one_param_switches_to_the_vqgan_baseline(project):
 
 def test_one_param_switches_the_generator_to_rar(project):
     """``ar_model.model: RAR-Tiny`` retrains and resamples on the project's tokens, and the README's
-    example loads the RAR folder alone. Two stage processes and one interpreter (~30 s on a quiet
-    2-core machine): the cheapest end-to-end run of the RAR path through the pipeline (``dvc exp
-    run -S ar_model.model=RAR-Tiny`` adds evaluate, as ``vfmtok-pipeline rar-vs-raster --run``
-    does: minutes)."""
+    example loads the RAR folder alone. Two stage processes and one interpreter (106 s on the busy
+    2-core machine, where the first test here took 944 s): the cheapest end-to-end run of the RAR
+    path through the pipeline (``dvc exp run -S ar_model.model=RAR-Tiny`` adds evaluate, as
+    ``vfmtok-pipeline rar-vs-raster --run`` does: minutes)."""
     _set(project, "ar_model", "model", "RAR-Tiny")
     out = _run(project, "dvc", "repro", "sample")
     assert "Running stage 'train_ar'" in out and "Running stage 'train_tokenizer'" not in out

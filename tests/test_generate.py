@@ -234,19 +234,22 @@ def test_compiled_decode_step_matches_eager_and_traces_once(name):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_generate_cuda_bf16_autocast():
-    model = make_model().cuda()
+@pytest.mark.parametrize("name", FAMILIES)
+def test_generate_cuda_bf16_autocast(name):
+    model = make_model(name).cuda()
     labels = torch.tensor([0, 1, 2], device="cuda")
     tokens = torch.randint(0, V, (3, T), device="cuda")
+    p = model.prefix_len
     with torch.autocast("cuda", dtype=torch.bfloat16), torch.no_grad():
         full, _ = model(tokens, labels)
-        model.setup_caches(3, T, dtype=torch.bfloat16)
-        steps = [model.forward_step(torch.tensor([0], device="cuda"), labels=labels)]
+        model.setup_caches(3, model.max_seq_len, dtype=torch.bfloat16)
+        steps = [model.forward_step(torch.arange(p, device="cuda"), labels=labels)]
         for t in range(1, T):
-            steps.append(model.forward_step(torch.tensor([t], device="cuda"),
+            steps.append(model.forward_step(torch.tensor([p + t - 1], device="cuda"),
                                             idx=tokens[:, t - 1:t]))
         model.clear_caches()
-        g = torch.Generator(device="cuda").manual_seed(0)
-        out = generate(model, labels, T, cfg_scale=2.0, generator=g)
+        out = generate(model, labels, T, cfg_scale=2.0, cfg_power=1.0, seeds=[1, 2, 3])
+        same = generate(model, labels, T, cfg_scale=2.0, cfg_power=1.0, seeds=[1, 2, 3], compile="eager")
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=0, atol=0.1)
     assert out.shape == (3, T) and out.device.type == "cuda" and out.max() < V
+    assert torch.equal(out, same)
