@@ -5,10 +5,11 @@
 
 Per profile: tokenizer encode (backbone included) vs. the backbone's own forward, decode, and one
 training step (images/s); GPT training (tokens/s, and MFU on CUDA); class-conditional sampling of
-256 tokens with and without the KV cache (images/s); Parquet token-file writing (MB/s, bytes per
-token). Every model has random weights: speed does not depend on their values, and nothing is
-downloaded (the paper-size backbone is timm's DINOv2-L/14-reg4 at random init, as the weights
-file may be absent).
+256 tokens with and without the KV cache (images/s: the median of repeated draws, with their
+range, as the ratio moves with the machine's load; ``kv_cache.py`` studies it further); Parquet
+token-file writing (MB/s, bytes per token). Every model has random weights: speed does not depend
+on their values, and nothing is downloaded (the paper-size backbone is timm's DINOv2-L/14-reg4 at
+random init, as the weights file may be absent).
 
 MFU = achieved FLOP/s / the GPU's dense bf16 peak, with the PaLM (appendix B) count of training
 FLOPs per token: 6 * N + 12 * n_layer * dim * T, N = parameters outside the embedding tables
@@ -46,14 +47,15 @@ from bench_report import device_name, markdown  # noqa: E402
 
 from pipeline.formats.tokens import TokenWriter  # noqa: E402
 from pipeline.params import Params, load_params  # noqa: E402
+from vfmtok import generators  # noqa: E402
 from vfmtok.backbones import build_backbone  # noqa: E402
 from vfmtok.config import ARTrainConfig  # noqa: E402
 from vfmtok.generate import generate  # noqa: E402
-from vfmtok.gpt import GPT, build_gpt  # noqa: E402
 from vfmtok.losses import TokenizerLoss  # noqa: E402
 from vfmtok.runtime import autocast, pick_device  # noqa: E402
 from vfmtok.tokenizer import build_tokenizer  # noqa: E402
 from vfmtok.train_ar import optimizer  # noqa: E402
+from vfmtok.transformer import Generator  # noqa: E402
 
 SAMPLE_TOKENS = 256
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
@@ -73,6 +75,7 @@ class Case:
     warmup: int
     iters: int
     sample_steps: int | None  # None: time the whole 256-token draw; k: estimate from k steps
+    repeats: int  # timed 256-token draws per sampling figure (median and range reported)
     parquet_rows: int
     notes: list[str]
 
@@ -80,6 +83,31 @@ class Case:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def repeat_times(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> list[float]:
+    """Seconds of each of ``repeats`` timed calls of ``fn`` after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def spread(seconds: list[float]) -> dict[str, float]:
+    """Median and range of repeated timings (the median is the figure; the range, how noisy)."""
+    return {"median": float(np.median(seconds)), "min": min(seconds), "max": max(seconds), "n": len(seconds)}
+
+
+def ratio_spread(slow: list[float], fast: list[float]) -> dict[str, float]:
+    """slow / fast: the ratio of medians, and the widest and narrowest ratio the repeats allow."""
+    return {"median": float(np.median(slow) / np.median(fast)), "min": min(slow) / max(fast),
+            "max": max(slow) / min(fast)}
 
 
 def timed(fn: Callable[[], object], device: torch.device, warmup: int, iters: int) -> float:
@@ -158,13 +186,14 @@ def tokenizer_step(case: Case, tok, backbone, images: torch.Tensor) -> Callable[
 # ----------------------------------------------------------------------------- GPT
 
 
-def gpt_for(p: Params, name: str, n_tokens: int | None = None) -> GPT:
+def gpt_for(p: Params, name: str, n_tokens: int | None = None) -> Generator:
+    """Zoo entry ``name`` (GPT or RAR) at the profile's codebook, token count and classes."""
     num_classes = 10 if p.prepare.source == "fashion_mnist" else 1000
-    return build_gpt(name, vocab_size=p.tokenizer.codebook_size, n_tokens=n_tokens or p.tokenizer.n_tokens,
-                     num_classes=num_classes)
+    return generators.build(name, vocab_size=p.tokenizer.codebook_size,
+                            n_tokens=n_tokens or p.tokenizer.n_tokens, num_classes=num_classes)
 
 
-def train_flops_per_token(model: GPT, seq: int) -> float:
+def train_flops_per_token(model: Generator, seq: int) -> float:
     """PaLM: 6 N (N without embedding tables) + 12 L d T (attention scores and mixing)."""
     embed = model.tok_embeddings.weight.numel() + model.cls_embedding.table.weight.numel()
     n = sum(q.numel() for q in model.parameters()) - embed
@@ -211,18 +240,18 @@ def bench_ar(case: Case, name: str, device: torch.device, peak: float | None, co
 
 
 @torch.no_grad()
-def estimate_sampling(model: GPT, labels: torch.Tensor, steps: int,
+def estimate_sampling(model: Generator, labels: torch.Tensor, steps: int,
                       device: torch.device) -> tuple[float, float]:
     """Seconds per 256-token draw (cached, uncached) from a few steps (see the module docstring)."""
-    n = SAMPLE_TOKENS
-    model.setup_caches(len(labels), n, model.output.weight.dtype, device)
-    pos = torch.arange(n, device=device)
+    n, p = SAMPLE_TOKENS, model.prefix_len
+    model.setup_caches(len(labels), p + n - 1, model.output.weight.dtype, device)
+    pos = torch.arange(p + n - 1, device=device)
     tok = torch.zeros(len(labels), 1, dtype=torch.long, device=device)
     sync(device)
     start = time.perf_counter()
-    model.forward_step(pos[:1], labels=labels)
+    model.forward_step(pos[:p], labels=labels)
     for t in range(1, steps + 1):
-        model.forward_step(pos[t:t + 1], idx=tok)
+        model.forward_step(pos[p + t - 1:p + t], idx=tok)
     sync(device)
     cached = (time.perf_counter() - start) / (steps + 1) * n
     model.clear_caches()
@@ -236,24 +265,29 @@ def estimate_sampling(model: GPT, labels: torch.Tensor, steps: int,
 
 
 def bench_sampling(case: Case, device: torch.device) -> list[dict]:
+    """Whole 256-token draws, ``case.repeats`` of each (median and range), or an estimate."""
     torch.manual_seed(0)
     model = gpt_for(case.params, case.sample_model, SAMPLE_TOKENS).to(device).eval()
     torch.nn.init.normal_(model.output.weight, std=0.02)  # a zero head would make every draw alike
     rows = []
     for b in case.sample_batches:
         labels = torch.randint(0, 10, (b,), device=device)
+        row = {"model": case.sample_model, "batch": b, "tokens": SAMPLE_TOKENS,
+               "estimated": case.sample_steps is not None}
         with autocast(device):
             if case.sample_steps is None:
                 def draw(cache: bool, labels=labels) -> None:
                     generate(model, labels, SAMPLE_TOKENS, use_kv_cache=cache)
 
-                cached = timed(lambda: draw(True), device, min(case.warmup, 1), 1)
-                uncached = timed(lambda: draw(False), device, 0, 1)
+                cached = repeat_times(lambda: draw(True), device, min(case.warmup, 1), case.repeats)
+                uncached = repeat_times(lambda: draw(False), device, 0, case.repeats)
+                row |= {"kv_cache_s": spread(cached), "no_cache_s": spread(uncached),
+                        "speedup_spread": ratio_spread(uncached, cached)}
+                cached, uncached = float(np.median(cached)), float(np.median(uncached))
             else:
                 cached, uncached = estimate_sampling(model, labels, case.sample_steps, device)
-        rows.append({"model": case.sample_model, "batch": b, "tokens": SAMPLE_TOKENS,
-                     "kv_cache_img_s": b / cached, "no_cache_img_s": b / uncached,
-                     "speedup": uncached / cached, "estimated": case.sample_steps is not None})
+        rows.append(row | {"kv_cache_img_s": b / cached, "no_cache_img_s": b / uncached,
+                           "speedup": uncached / cached})
     return rows
 
 
@@ -291,15 +325,15 @@ def cases(suite: str, device: torch.device) -> list[Case]:
     gpu = device.type == "cuda"
     if suite == "gpu":
         return [Case("paper", paper, 32, ["GPT-B", "GPT-L"], 64, paper.ar_model.model, [64, 256], 3, 10,
-                     None, 200_000, ["paper: random-init DINOv2-L at 336 px, bf16 autocast"])]
+                     None, 5, 200_000, ["paper: random-init DINOv2-L at 336 px, bf16 autocast"])]
     out = [Case("demo", demo, 32 if gpu else 16, [demo.ar_model.model], demo.train_ar.batch_size,
                 demo.ar_model.model, [demo.sample.speed_batch], 2 if gpu else 1, 10 if gpu else 3, None,
-                50_000, [])]
+                5 if gpu else 3, 50_000, [])]
     if gpu:
         out.append(Case("paper", paper, 32, [paper.ar_model.model], 32, paper.ar_model.model, [64], 3, 10,
-                        None, 200_000, ["paper: random-init DINOv2-L at 336 px, bf16 autocast"]))
+                        None, 3, 200_000, ["paper: random-init DINOv2-L at 336 px, bf16 autocast"]))
     else:
-        out.append(Case("paper", paper, 1, ["GPT-B"], 1, "GPT-B", [1], 0, 2, 4, 50_000, [
+        out.append(Case("paper", paper, 1, ["GPT-B"], 1, "GPT-B", [1], 0, 2, 4, 1, 50_000, [
             "paper on CPU: batch 1, two timed iterations, random-init DINOv2-L at 336 px",
             "paper on CPU: GPT-B (the paper's smallest generator) instead of the profile's GPT-L, for time; "
             "sampling estimated from 4 decoding steps",

@@ -60,9 +60,11 @@ def markdown(report: dict) -> str:
                          f"{f(a['tokens_s'], 0)} tokens/s ({f(a['tflops_s'], 2)} TFLOP/s{mfu})"))
         for s in r["sampling"]:
             est = " (est.)" if s["estimated"] else ""
+            sp = s.get("speedup_spread")
+            rng = f", {f(sp['min'])}-{f(sp['max'])}x over {s['kv_cache_s']['n']} repeats" if sp else ""
             rows.append((f"{s['model']} sampling 256 tokens, batch {s['batch']}{est}",
                          f"KV cache {f(s['kv_cache_img_s'], 2)} img/s, without {f(s['no_cache_img_s'], 3)} "
-                         f"img/s ({f(s['speedup'])}x)"))
+                         f"img/s (median {f(s['speedup'])}x{rng})"))
         pq = r["parquet"]
         rows.append(("Parquet token write", f"{f(pq['payload_mb_s'])} MB/s of ids "
                      f"({f(pq['rows_s'], 0)} rows/s), {pq['bytes_per_token']:.3f} bytes/token on disk"))

@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="run the DVC experiments first, in temp dirs (otherwise read existing ones)")
     clm.add_argument("--profile", default="claims",
                      help="params/NAME.yaml for the runs (default: claims; active: params.yaml)")
+    rvr = sub.add_parser("rar-vs-raster", help="RAR vs the raster GPT, equal size and steps -> "
+                                                "reports/rar_vs_raster.md")
+    rvr.add_argument("--run", action="store_true",
+                     help="run the two DVC experiments first (otherwise read existing ones)")
+    rvr.add_argument("--gpt", default="GPT-Tiny", help="the raster GPT (default: GPT-Tiny)")
+    rvr.add_argument("--rar", default="RAR-Tiny", help="the RAR of the same size (default: RAR-Tiny)")
     rep = sub.add_parser("reproduce", help="dvc repro as one Prefect flow, a task per stage")
     rep.add_argument("targets", nargs="*", help="stages to update, with their upstream (default: all)")
     srv = sub.add_parser("serve", help="serve the scheduled retrain (a named `dvc exp run` per run)")
@@ -88,6 +94,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from pipeline.experiments.claims import claims
 
         print(f"wrote {claims(args.root, run=args.run, profile=args.profile)}")
+    elif args.command == "rar-vs-raster":
+        from pipeline.experiments.rar_vs_raster import rar_vs_raster
+
+        print(f"wrote {rar_vs_raster(args.root, args.gpt, args.rar, run_first=args.run)}")
     elif args.command == "reproduce":
         from pipeline.orchestration.flows import reproduce_flow
 

@@ -17,14 +17,16 @@ from typing import Literal
 import yaml
 
 from vfmtok.config import (
-    GPT_SIZES,
     ARTrainConfig,
     BackboneConfig,
     Device,
     GPTConfig,
     GPTRegularization,
+    RARConfig,
     TokenizerConfig,
     TokenizerTrainConfig,
+    generator_config,
+    generator_family,
 )
 from vfmtok.typed import NEUTRAL, ConfigError, from_dict
 
@@ -73,19 +75,25 @@ class TokenizeParams:
 
 @dataclass(kw_only=True)
 class ARModelParams(GPTRegularization):
-    """A GPT of the zoo by name and its regularisation; vocabulary, token count and classes come
-    from the tokenizer and the data (:meth:`gpt_config`)."""
+    """A generator of either zoo by name (``GPT-*``: raster LlamaGen GPT, ``RAR-*``: RAR; one switch
+    for the whole pipeline) and its regularisation; vocabulary, token count and classes come from
+    the tokenizer and the data (:meth:`model_config`)."""
 
     model: str
 
-    def validate(self) -> None:
-        if self.model not in GPT_SIZES:
-            raise ConfigError("model", self.model, f"must be one of {', '.join(GPT_SIZES)}")
+    @property
+    def family(self) -> str:
+        """``gpt`` or ``rar``: the model folder's kind."""
+        return generator_family(self.model) or ""
 
-    def gpt_config(self, vocab_size: int, n_tokens: int, num_classes: int) -> GPTConfig:
+    def validate(self) -> None:
+        if not self.family:
+            generator_config(self.model)  # raises, naming every known size
+
+    def model_config(self, vocab_size: int, n_tokens: int, num_classes: int) -> GPTConfig | RARConfig:
         reg = {f: getattr(self, f) for f in GPTRegularization.__dataclass_fields__}
-        return GPTConfig(**GPT_SIZES[self.model], **reg, vocab_size=vocab_size, n_tokens=n_tokens,
-                         num_classes=num_classes)
+        return generator_config(self.model, **reg, vocab_size=vocab_size, n_tokens=n_tokens,
+                                num_classes=num_classes)
 
 
 @dataclass(kw_only=True)
@@ -110,8 +118,12 @@ class SampleParams:
     top_k: int = field(default=0, metadata={"min": 0})
     top_p: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0})
     cfg_scale: float = field(default=1.0, metadata={"min": 0.0})
-    seed: int = 0
+    # 0: constant cfg_scale; p > 0: RAR's ramp from 1 at the first token to cfg_scale at the last,
+    # 1 + (s - 1) * (1 - cos(pi * (t / N) ** p)) / 2 (vfmtok.generate; RAR-L published: s 15.5, p 2.5)
+    cfg_power: float = field(default=0.0, metadata={"min": 0.0})
+    seed: int = 0  # sample i draws from its own seed, derived from (seed, i), whatever its batch
     speed_batch: int = field(default=8, metadata={"min": 1})  # batch for the KV-cache speed test
+    compile: bool = field(default=False, metadata=NEUTRAL)  # torch.compile the cached decode step
     device: Device = field(default="auto", metadata=NEUTRAL)
 
 

@@ -8,8 +8,7 @@ import torch
 
 from pipeline.layout import Layout
 from pipeline.params import Params
-from vfmtok import pretrained
-from vfmtok.gpt import GPT
+from vfmtok import generators, pretrained
 from vfmtok.tokenizer import Tokenizer
 from vfmtok.typed import to_dict
 
@@ -26,11 +25,13 @@ def load_tokenizer(layout: Layout, params: Params, device: torch.device,
     return model, str(meta["weights_sha256"])
 
 
-def load_gpt(layout: Layout, params: Params, num_classes: int, device: torch.device) -> GPT:
-    """The GPT of ``data/gpt`` (eval mode), checked against ``ar_model`` and the tokenizer's size."""
-    folder = layout.gpt
-    meta = pretrained.read_config(folder, "gpt")
-    expected = params.ar_model.gpt_config(params.tokenizer.codebook_size, params.tokenizer.n_tokens,
-                                          num_classes)
-    pretrained.require_same(folder, "gpt", meta["gpt"], to_dict(expected), "params.yaml")
-    return GPT.from_pretrained(folder, device)
+def load_generator(layout: Layout, params: Params, num_classes: int,
+                   device: torch.device) -> generators.Generator:
+    """The generator of ``data/gpt`` (eval mode; a GPT or RAR folder), checked to be the family and
+    config that ``ar_model`` and the tokenizer's size make."""
+    folder, family = layout.gpt, params.ar_model.family
+    meta = pretrained.read_config(folder, family)  # a folder of the other family: named here
+    expected = params.ar_model.model_config(params.tokenizer.codebook_size, params.tokenizer.n_tokens,
+                                            num_classes)
+    pretrained.require_same(folder, family, meta[family], to_dict(expected), "params.yaml")
+    return generators.FAMILIES[family].from_pretrained(folder, device)

@@ -95,3 +95,31 @@ def test_missing_model_folder_is_one_line(tmp_path, capfd):
     line = _only_error_line(capfd.readouterr().err)
     assert rc == 2 and str(root / "data" / "tokenizer" / "config.json") in line
     assert not (root / "data" / "tokens").exists()
+
+
+def test_a_generator_folder_of_the_other_family_or_size_is_refused(tmp_path):
+    """``data/gpt`` holds whichever family trained last: the sample stage loads it only when it is
+    the family and config that ``ar_model`` makes, and says which key differs when not."""
+    from pipeline.layout import Layout
+    from pipeline.params import load_params
+    from pipeline.trained import load_generator
+    from vfmtok import generators
+    from vfmtok.pretrained import ConfigMismatch
+    from vfmtok.rar import RAR
+    from vfmtok.typed import ConfigError
+
+    def params_with(model: str):
+        params = yaml.safe_load(profile_path("smoke", REPO).read_text())
+        params["ar_model"]["model"] = model
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        return load_params(tmp_path / "params.yaml", check_paths=False)
+
+    rar_params, layout = params_with("RAR-Tiny"), Layout(tmp_path)
+    t = rar_params.tokenizer
+    model = generators.build_generator(rar_params.ar_model.model_config(t.codebook_size, t.n_tokens, 10))
+    model.save_pretrained(layout.gpt, name="RAR-Tiny")
+    assert isinstance(load_generator(layout, rar_params, 10, "cpu"), RAR)
+    with pytest.raises(ConfigError, match="format = 'vfmtok.rar': expected 'vfmtok.gpt'"):
+        load_generator(layout, params_with("GPT-Tiny"), 10, "cpu")
+    with pytest.raises(ConfigMismatch, match="rar.num_classes is 10 there, 7 in params.yaml"):
+        load_generator(layout, rar_params, 7, "cpu")

@@ -1,12 +1,14 @@
-"""compare and claims read params and metrics of revisions and lay them out; balanced_subset picks
-fair reference sets."""
+"""compare, claims and rar-vs-raster read params and metrics of revisions and lay them out;
+balanced_subset picks fair reference sets."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pipeline import evaluation
-from pipeline.experiments import claims, compare
+from pipeline.errors import UserError
+from pipeline.experiments import claims, compare, rar_vs_raster
 
 
 def test_balanced_subset_takes_classes_in_turn():
@@ -56,3 +58,26 @@ def test_claims_convergence_is_steps_to_the_other_runs_final_quality(tmp_path, m
     assert "VFMTok reaches VFMTok, random-init backbone's final FD 52 at step 100 of 400 (4.00x" in text
     assert "best of the sweep: 90 at CFG 1.5" in text
     assert (tmp_path / "reports" / "claims_convergence.png").stat().st_size > 1000
+
+
+def test_rar_vs_raster_table_checks_the_budget_and_lists_every_metric(tmp_path, monkeypatch):
+    got = {
+        "ar-GPT-Tiny": {"train_ar.params": 1_116_672, "train_ar.steps": 800, "train_ar.val_loss": 1.9,
+                        "metrics.gfid": 250.0, "metrics.kid": 0.2, "sample.generator": "GPT-Tiny",
+                        "train_ar.new_convergence_figure": 3.0, "sample.cfg_scale": 1.0},
+        "ar-RAR-Tiny": {"train_ar.params": 1_097_984, "train_ar.steps": 800, "train_ar.val_loss": 2.0,
+                        "metrics.gfid": 240.5, "metrics.kid": 0.2, "sample.generator": "RAR-Tiny",
+                        "train_ar.new_convergence_figure": 2.5, "sample.cfg_scale": 1.0},
+    }
+    monkeypatch.setattr(rar_vs_raster, "_read", lambda rev, root: got[rev])
+    text = rar_vs_raster.rar_vs_raster(str(tmp_path)).read_text()
+    assert "RAR has -1.7% parameters (1,097,984 vs 1,116,672): an equal-size pair; steps equal" in text
+    assert "| gFID (no CFG unless sample.cfg_scale says) | 250 | 240.5 |" in text
+    assert "| `train_ar.new_convergence_figure` | 3 | 2.5 |" in text  # metrics added later show up
+    assert "| `metrics.kid` | 0.2 | 0.2 |" not in text and "| KID | 0.2 | 0.2 |" in text
+    assert "`sample.cfg_scale`" not in text  # equal settings are not metrics
+    got["ar-RAR-Tiny"] |= {"train_ar.params": 2_000_000, "train_ar.steps": 400}
+    text = rar_vs_raster.rar_vs_raster(str(tmp_path)).read_text()
+    assert "NOT an equal-size pair; steps DIFFERENT (800 vs 400)" in text
+    with pytest.raises(UserError, match="compares a GPT"):
+        rar_vs_raster.rar_vs_raster(str(tmp_path), gpt="RAR-B", rar="RAR-L")

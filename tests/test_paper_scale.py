@@ -1,6 +1,7 @@
 """params/imagenet.yaml builds the paper's models, checked on the meta device (no memory, no
 weights, no download): the tokenizer's ~73M trainable parameters on the frozen DINOv2-L/14-reg4
-(~304M), and the GPT zoo at LlamaGen's counts with the profile's codebook, tokens and classes.
+(~304M), and the GPT and RAR zoos at their published counts with the profile's codebook, tokens
+and classes.
 (tests/test_gpt.py checks the zoo with LlamaGen's defaults; this checks what the profile builds.)
 """
 
@@ -13,9 +14,10 @@ import torch
 
 from pipeline.params import load_params
 from tests.conftest import REPO
-from vfmtok import distributed
+from vfmtok import distributed, generators
 from vfmtok.backbones import build_backbone
 from vfmtok.gpt import GPT
+from vfmtok.rar import RAR
 from vfmtok.tokenizer import build_tokenizer
 
 
@@ -71,7 +73,7 @@ def test_tokenizer_at_paper_size_on_meta(paper_tokenizer):
 )
 def test_gpt_zoo_with_the_profile(params, name, expected):
     ar_model = dataclasses.replace(params.ar_model, model=name)
-    cfg = ar_model.gpt_config(params.tokenizer.codebook_size, params.tokenizer.n_tokens, num_classes=1000)
+    cfg = ar_model.model_config(params.tokenizer.codebook_size, params.tokenizer.n_tokens, num_classes=1000)
     with torch.device("meta"):
         model = GPT(cfg)  # ImageNet-1k
     assert model.config.vocab_size == 16384 and model.config.n_tokens == 256
@@ -79,3 +81,19 @@ def test_gpt_zoo_with_the_profile(params, name, expected):
     assert abs(n - expected) / expected < 0.02, f"{name}: {n / 1e6:.1f}M vs {expected / 1e6:.0f}M"
     # under torchrun with parallel "auto", XL and larger are sharded with FSDP2, B and L use DDP
     assert (n >= distributed.FSDP_MIN_PARAMS) == (name in ("GPT-XL", "GPT-XXL"))
+
+
+@pytest.mark.parametrize("name", ["RAR-B", "RAR-L", "RAR-XL", "RAR-XXL"])
+def test_rar_zoo_with_the_profile(params, name):
+    """RAR over the profile's tokens: the published counts (1024 codes; tests/test_rar.py) plus the
+    larger vocabulary's token table and biased head, 15360 more rows of (2 dim + 1)."""
+    published = {"RAR-B": 261e6, "RAR-L": 461e6, "RAR-XL": 955e6, "RAR-XXL": 1499e6}[name]
+    ar_model = dataclasses.replace(params.ar_model, model=name)
+    cfg = ar_model.model_config(params.tokenizer.codebook_size, params.tokenizer.n_tokens, num_classes=1000)
+    with torch.device("meta"):
+        model = generators.build_generator(cfg)
+    assert isinstance(model, RAR) and model.config.vocab_size == 16384 and model.config.n_tokens == 256
+    n = sum(q.numel() for q in model.parameters())
+    expected = published + (16384 - 1024) * (2 * cfg.dim + 1)
+    assert abs(n - expected) / expected < 0.02, f"{name}: {n / 1e6:.1f}M vs {expected / 1e6:.0f}M"
+    assert (n >= distributed.FSDP_MIN_PARAMS) == (name in ("RAR-XL", "RAR-XXL"))

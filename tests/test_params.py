@@ -112,16 +112,22 @@ def test_cross_field_rules_name_the_key(tmp_path):
     e = _error(tmp_path, lambda d: d["tokenizer"].update(n_tokens=15))
     assert e.key == "tokenizer.n_tokens" and "perfect square" in str(e)
     e = _error(tmp_path, lambda d: d["ar_model"].update(model="GPT-Huge"))
-    assert e.key == "ar_model.model" and "GPT-Tiny" in str(e)
+    assert e.key == "ar_model.model" and "GPT-Tiny" in str(e) and "RAR-L" in str(e)
+    e = _error(tmp_path, lambda d: d["train_ar"].update(randomness_anneal_start=5, randomness_anneal_end=3))
+    assert e.key == "train_ar.randomness_anneal_end"
     e = _error(tmp_path, lambda d: d["train_tokenizer"]["loss"].update(perceptual="lpips"))
     assert e.key == "train_tokenizer.loss.lpips_vgg_weights"
 
 
-def test_ar_model_maps_onto_the_gpt_config(tmp_path):
+def test_ar_model_maps_onto_either_family(tmp_path):
     p = load_params(_write(tmp_path, lambda d: d["ar_model"].update(token_dropout=0.25)))
-    cfg = p.ar_model.gpt_config(vocab_size=64, n_tokens=16, num_classes=10)
-    got = (cfg.dim, cfg.n_layer, cfg.token_dropout, cfg.vocab_size, cfg.num_classes)
-    assert got == (128, 4, 0.25, 64, 10)
+    cfg = p.ar_model.model_config(vocab_size=64, n_tokens=16, num_classes=10)
+    got = (type(cfg).__name__, cfg.dim, cfg.n_layer, cfg.token_dropout, cfg.vocab_size, cfg.num_classes)
+    assert got == ("GPTConfig", 128, 4, 0.25, 64, 10) and p.ar_model.family == "gpt"
+    p = load_params(_write(tmp_path, lambda d: d["ar_model"].update(model="RAR-L", attn_dropout=0.1)))
+    cfg = p.ar_model.model_config(vocab_size=16384, n_tokens=256, num_classes=1000)
+    got = (type(cfg).__name__, cfg.dim, cfg.n_layer, cfg.mlp_dim, cfg.attn_dropout, cfg.vocab_size)
+    assert got == ("RARConfig", 1024, 24, 4096, 0.1, 16384) and p.ar_model.family == "rar"
 
 
 def test_missing_and_malformed_file(tmp_path):

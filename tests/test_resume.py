@@ -1,5 +1,6 @@
 """A run killed between checkpoints and started again ends with exactly the weights of an
-uninterrupted run (CPU, fixed seed): tokenizer (with EMA and GAN) and GPT."""
+uninterrupted run (CPU, fixed seed): tokenizer (with EMA and GAN), GPT, and RAR killed in the middle
+of its order annealing."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from vfmtok.backbones import build_backbone
 from vfmtok.config import ARTrainConfig, BackboneConfig, LossConfig, TokenizerTrainConfig
 from vfmtok.gpt import build_gpt
 from vfmtok.losses import TokenizerLoss
+from vfmtok.rar import annealed_step, build_rar
 from vfmtok.tokenizer import build_tokenizer
 from vfmtok.train_ar import train_ar
 from vfmtok.train_tokenizer import train_tokenizer
@@ -81,6 +83,39 @@ def test_ar_resume_equals_uninterrupted(tmp_path):
     assert ran == 2  # resumed from the step-4 checkpoint
     for k, v in ref.state_dict().items():
         assert torch.equal(v, model.state_dict()[k]), k
+
+
+def _rar_run(tmp, stream, on_log=lambda s, l: None):
+    torch.manual_seed(0)
+    model = build_rar("RAR-Tiny", vocab_size=64, n_tokens=16, num_classes=4)
+    cfg = ARTrainConfig(steps=6, batch_size=8, lr=1e-3, warmup_steps=2, checkpoint_every=2, val_every=3,
+                        randomness_anneal_start=1, randomness_anneal_end=5)
+    step_fn = annealed_step(cfg.randomness_anneal_start, cfg.randomness_anneal_end)
+    ran = train_ar(model, stream, cfg, tmp, torch.device("cpu"), on_log=on_log,
+                   val_batches=lambda: [stream.batch(0)], step_fn=step_fn)
+    return model, ran
+
+
+def test_rar_resume_mid_annealing_equals_uninterrupted(tmp_path):
+    """r anneals 1 -> 0 over steps 1-5 of 6; killed after step 3, the run resumes from the step-2
+    checkpoint at r = 0.75, draws the same random orders (torch's RNG is in the checkpoint) and
+    ends with the weights of an uninterrupted run, which do depend on the orders."""
+    f = write_token_file(tmp_path / "t.parquet")
+    ref, _ = _rar_run(tmp_path / "a", TokenStream(f, 8, 0))
+    with pytest.raises(Killed):
+        _rar_run(tmp_path / "b", TokenStream(f, 8, 0), on_log=kill_at(3))
+    assert load_checkpoint(tmp_path / "b" / CHECKPOINT_NAME)["step"] == 2
+    torch.manual_seed(99)
+    model, ran = _rar_run(tmp_path / "b", TokenStream(f, 8, 0))
+    assert ran == 4
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    torch.manual_seed(0)
+    other = build_rar("RAR-Tiny", vocab_size=64, n_tokens=16, num_classes=4)
+    cfg = ARTrainConfig(steps=6, batch_size=8, lr=1e-3, warmup_steps=2, checkpoint_every=2)
+    stream = TokenStream(f, 8, 0)
+    train_ar(other, stream, cfg, tmp_path / "d", torch.device("cpu"))  # raster throughout
+    assert not torch.equal(other.output.weight, ref.output.weight)
 
 
 def test_step_sampler_is_stateless_and_covers_epochs():

@@ -265,6 +265,62 @@ GPT_SIZES: dict[str, dict] = {
 
 
 @dataclass(kw_only=True)
+class RARConfig(GPTRegularization):
+    """Architecture of the RAR generator (randomized autoregressive, Yu et al. 2024, arXiv
+    2411.00776; public code bytedance/1d-tokenizer ``modeling/rar.py``). Defaults: RAR-B on 256
+    tokens of a 1024-code tokenizer (MaskGIT-VQ), the setting of RAR's published sizes; RAR's
+    dropouts (0.1 on attention probabilities, blocks' outputs and labels; none on tokens)."""
+
+    vocab_size: int = field(default=1024, metadata=_range(2))
+    n_tokens: int = field(default=256, metadata=_range(1))
+    dim: int = field(default=768, metadata=_range(8))
+    n_layer: int = field(default=24, metadata=_range(1))
+    n_head: int = field(default=16, metadata=_range(1))
+    mlp_dim: int = field(default=3072, metadata=_range(1))  # GELU MLP hidden width
+    norm_eps: float = field(default=1e-6, metadata=_range(0.0))
+    num_classes: int = field(default=1000, metadata=_range(1))
+    init_std: float = field(default=0.02, metadata=_range(0.0))
+    token_dropout: float = field(default=0.0, metadata=_range(0.0, 1.0))
+    attn_dropout: float = field(default=0.1, metadata=_range(0.0, 1.0))
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    def validate(self) -> None:
+        if self.dim % self.n_head:
+            raise ConfigError("n_head", self.n_head, f"must divide dim {self.dim}")
+
+
+# RAR's zoo (its README and paper; counts for 1024 codes, 256 tokens, 1000 classes; 16 heads each).
+RAR_SIZES: dict[str, dict] = {
+    # CPU runs: sized to GPT-Tiny's parameter count (within 2% at 1024 codes x 16 tokens), for
+    # the equal-budget RAR vs raster-GPT comparison; adaLN costs 6 dim^2 per block, so 3 blocks.
+    "RAR-Tiny": dict(n_layer=3, n_head=4, dim=128, mlp_dim=384),
+    "RAR-B": dict(n_layer=24, n_head=16, dim=768, mlp_dim=3072),  # 261M
+    "RAR-L": dict(n_layer=24, n_head=16, dim=1024, mlp_dim=4096),  # 461M
+    "RAR-XL": dict(n_layer=32, n_head=16, dim=1280, mlp_dim=5120),  # 955M
+    "RAR-XXL": dict(n_layer=40, n_head=16, dim=1408, mlp_dim=6144),  # 1.5B (1499M)
+}
+GENERATOR_SIZES: dict[str, dict[str, dict]] = {"gpt": GPT_SIZES, "rar": RAR_SIZES}
+
+
+def generator_family(name: str) -> Literal["gpt", "rar"] | None:
+    """``"gpt"`` or ``"rar"`` for a zoo name (``GPT-*``, ``RAR-*``), None for an unknown one."""
+    return next((fam for fam, sizes in GENERATOR_SIZES.items() if name in sizes), None)
+
+
+def generator_config(name: str, **fields) -> GPTConfig | RARConfig:
+    """The zoo entry ``name`` of either family as its config, with ``fields`` on top."""
+    family = generator_family(name)
+    if family is None:
+        known = [n for sizes in GENERATOR_SIZES.values() for n in sizes]
+        raise ConfigError("model", name, f"must be one of {', '.join(known)}")
+    cls = GPTConfig if family == "gpt" else RARConfig
+    return cls(**{**GENERATOR_SIZES[family][name], **fields})
+
+
+@dataclass(kw_only=True)
 class ARTrainConfig(TrainLoopConfig):
     """The generator's optimisation (``vfmtok.train_ar``)."""
 
@@ -274,3 +330,13 @@ class ARTrainConfig(TrainLoopConfig):
     # Under torchrun: "auto" shards with FSDP2 from vfmtok.distributed.FSDP_MIN_PARAMS parameters
     # (GPT-XL and larger), DDP below. Ignored by a single process.
     parallel: Literal["auto", "ddp", "fsdp"] = field(default="auto", metadata=NEUTRAL)
+    # RAR only (vfmtok.rar.random_ratio): the share r of each batch trained in a random token order
+    # is 1 before this step, falls linearly to 0 at randomness_anneal_end, raster afterwards.
+    # Public RAR: 125k and 187.5k of 250k steps. 0 and 0: raster from the first step.
+    randomness_anneal_start: int = field(default=0, metadata=_range(0))
+    randomness_anneal_end: int = field(default=0, metadata=_range(0))
+
+    def validate(self) -> None:
+        if self.randomness_anneal_end < self.randomness_anneal_start:
+            raise ConfigError("randomness_anneal_end", self.randomness_anneal_end,
+                              f"must be >= randomness_anneal_start {self.randomness_anneal_start}")

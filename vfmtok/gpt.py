@@ -11,8 +11,11 @@ tok_{i-1} and is rotated by that token's grid cell (row, col) = divmod(i - 1, sq
 Two forward paths share every weight:
 - ``forward`` / ``forward_prefix``: the whole sequence at once, causal SDPA (training, and
   cache-free sampling for the speed comparison);
-- ``forward_step``: incremental decoding against a per-layer :class:`KVCache` set up with
-  ``setup_caches`` and addressed by ``input_pos``.
+- ``forward_step``: incremental decoding against the per-layer static
+  :class:`~vfmtok.transformer.KVCache` set up with ``setup_caches`` and addressed by ``input_pos``.
+
+Attention, the KV cache, the class embedder and the model-folder plumbing are shared with the RAR
+generator (:mod:`vfmtok.transformer`); the RMSNorm/SwiGLU blocks and the 2D RoPE are the GPT's own.
 """
 
 from __future__ import annotations
@@ -20,15 +23,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vfmtok import pretrained
 from vfmtok.config import GPT_SIZES, GPTConfig
-from vfmtok.typed import to_dict, validate
+from vfmtok.transformer import Attention, ClassEmbedder, Generator, embed_step
+from vfmtok.typed import validate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,114 +83,30 @@ def rope_2d_tables(grid: int, head_dim: int, base: float) -> tuple[Tensor, Tenso
     return angles.cos(), angles.sin()
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate channel pairs (2j, 2j+1) of x (B, S, H, Dh) by per-position tables (S, Dh/2)."""
-    xf = x.float().unflatten(-1, (-1, 2))  # (B, S, H, Dh/2, 2)
-    x0, x1 = xf.unbind(-1)
-    c, s = cos[None, :, None, :], sin[None, :, None, :]  # (1, S, 1, Dh/2)
-    out = torch.stack([x0 * c - x1 * s, x1 * c + x0 * s], dim=-1)
-    return out.flatten(-2).type_as(x)
-
-
-class KVCache(nn.Module):
-    """Keys/values of every position decoded so far: (max_batch, kv_heads, max_seq, head_dim).
-
-    Buffers are non-persistent so checkpoints never carry a cache.
-    """
-
-    def __init__(self, max_batch: int, max_seq_len: int, n_kv_head: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device | str | None = None):
-        super().__init__()
-        shape = (max_batch, n_kv_head, max_seq_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-
-    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write k, v (B, Hkv, S, Dh) at ``input_pos`` (S,); return the whole (B, ...) cache."""
-        b = k.shape[0]
-        self.k[:b, :, input_pos] = k.to(self.k.dtype)
-        self.v[:b, :, input_pos] = v.to(self.v.dtype)
-        return self.k[:b], self.v[:b]
-
-
-class Attention(nn.Module):
-    """Causal multi-head (optionally grouped-query) attention with 2D RoPE."""
-
-    def __init__(self, cfg: GPTConfig):
-        super().__init__()
-        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
-        kv_dim = self.n_kv_head * self.head_dim
-        self.wqkv = nn.Linear(cfg.dim, cfg.dim + 2 * kv_dim, bias=False)
-        self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
-        self.attn_dropout = cfg.attn_dropout
-        self.resid_dropout = nn.Dropout(cfg.resid_dropout)
-        self.kv_cache: KVCache | None = None
-
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor | None = None,
-                mask: Tensor | None = None) -> Tensor:
-        """x (B, S, D). ``input_pos``/``mask`` (S, L) given = cached decoding, else full causal."""
-        b, s, d = x.shape
-        kv_dim = self.n_kv_head * self.head_dim
-        q, k, v = self.wqkv(x).split([d, kv_dim, kv_dim], dim=-1)
-        q = apply_rope(q.view(b, s, self.n_head, self.head_dim), cos, sin)
-        k = apply_rope(k.view(b, s, self.n_kv_head, self.head_dim), cos, sin)
-        v = v.view(b, s, self.n_kv_head, self.head_dim)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, S, Dh)
-        if input_pos is not None:
-            if self.kv_cache is None:
-                raise RuntimeError("forward_step needs setup_caches() first")
-            k, v = self.kv_cache.update(input_pos, k, v)  # (B, Hkv, L, Dh)
-            k, v = k.to(q.dtype), v.to(q.dtype)
-        if self.n_kv_head != self.n_head:
-            rep = self.n_head // self.n_kv_head
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None,
-            dropout_p=self.attn_dropout if self.training else 0.0,
-        )  # (B, H, S, Dh)
-        return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(b, s, d)))
-
-
 class Block(nn.Module):
     """Pre-norm transformer block."""
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.attention = Attention(cfg)
+        self.attention = Attention(cfg.dim, cfg.n_head, cfg.kv_heads, attn_dropout=cfg.attn_dropout,
+                                   resid_dropout=cfg.resid_dropout)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.feed_forward = FeedForward(cfg)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, input_pos: Tensor | None = None,
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], input_pos: Tensor | None = None,
                 mask: Tensor | None = None) -> Tensor:
-        x = x + self.attention(self.attention_norm(x), cos, sin, input_pos, mask)
+        x = x + self.attention(self.attention_norm(x), rope, input_pos, mask)
         return x + self.feed_forward(self.ffn_norm(x))
-
-
-class ClassEmbedder(nn.Module):
-    """Class embedding with a null row (index ``num_classes``) that label dropout switches to."""
-
-    def __init__(self, num_classes: int, dim: int, dropout: float):
-        super().__init__()
-        self.num_classes, self.dropout = num_classes, dropout
-        self.table = nn.Embedding(num_classes + 1, dim)
-
-    def drop(self, labels: Tensor) -> Tensor:
-        """Labels with a ``dropout`` fraction replaced by the null class (train mode only)."""
-        if not self.training or self.dropout <= 0:
-            return labels
-        drop = torch.rand(labels.shape, device=labels.device) < self.dropout
-        return torch.where(drop, torch.full_like(labels, self.num_classes), labels)
-
-    def forward(self, labels: Tensor) -> Tensor:
-        return self.table(self.drop(labels))[:, None]  # (B, 1, D)
 
 
 # ---------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------
-class GPT(nn.Module):
+class GPT(Generator):
     """Class-conditional autoregressive transformer over ``n_tokens`` image tokens."""
+
+    folder_kind, config_cls, prefix_len = "gpt", GPTConfig, 1
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -203,28 +121,7 @@ class GPT(nn.Module):
         cos, sin = rope_2d_tables(math.isqrt(cfg.n_tokens), cfg.head_dim, cfg.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)  # (1 + T, Dh/2)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.register_buffer("causal_mask", None, persistent=False)  # (L, L) once caches exist
         self.reset_parameters()
-
-    @property
-    def null_class(self) -> int:
-        """Label index of the unconditional (CFG) class."""
-        return self.config.num_classes
-
-    def save_pretrained(self, folder: str | Path, name: str = "", state: dict | None = None) -> str:
-        """``folder/{model.safetensors, config.json}`` (``name``: the zoo entry, for people);
-        returns the weights' sha256. ``state``: the weights to write instead of this module's
-        (the gathered full state of an FSDP2-sharded model)."""
-        return pretrained.save_folder(folder, "gpt", self.state_dict() if state is None else state,
-                                      {"gpt": to_dict(self.config), "zoo_name": name})
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> GPT:
-        """The GPT saved in ``folder``, in eval mode, rebuilt from its ``config.json`` alone."""
-        meta = pretrained.read_config(folder, "gpt")
-        model = cls(pretrained.section(meta, "gpt", GPTConfig, folder))
-        model.load_state_dict(pretrained.load_weights(folder))
-        return model.to(device).eval()
 
     def reset_parameters(self) -> None:
         """N(0, init_std) for every Linear/Embedding, then a zero output head (uniform logits)."""
@@ -256,32 +153,12 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {s} exceeds n_tokens {self.config.n_tokens}")
         x = torch.cat([self.cls_embedding(labels), self.tok_embeddings(prefix)], dim=1)
         h = self.tok_dropout(x)  # (B, S, D)
-        cos, sin = self.rope_cos[:s], self.rope_sin[:s]
+        rope = self.rope_cos[:s], self.rope_sin[:s]
         for layer in self.layers:
-            h = layer(h, cos, sin)
+            h = layer(h, rope)
         return self.output(self.norm(h)).float()
 
     # -- KV-cache path --------------------------------------------------------------------------
-    def setup_caches(self, max_batch: int, max_seq_len: int, dtype: torch.dtype | None = None,
-                     device: torch.device | str | None = None) -> None:
-        """Allocate one :class:`KVCache` per layer (replacing any earlier one)."""
-        if max_seq_len > self.config.n_tokens:
-            raise ValueError(f"max_seq_len {max_seq_len} exceeds n_tokens {self.config.n_tokens}")
-        ref = self.output.weight
-        dtype, device = dtype or ref.dtype, device or ref.device
-        cfg = self.config
-        for layer in self.layers:
-            layer.attention.kv_cache = KVCache(max_batch, max_seq_len, cfg.kv_heads,
-                                               cfg.head_dim, dtype, device)
-        self.causal_mask = torch.ones(max_seq_len, max_seq_len, dtype=torch.bool,
-                                      device=device).tril()
-
-    def clear_caches(self) -> None:
-        """Free the KV caches (the full-sequence path never needs them)."""
-        for layer in self.layers:
-            layer.attention.kv_cache = None
-        self.causal_mask = None
-
     def forward_step(self, input_pos: Tensor, idx: Tensor | None = None,
                      labels: Tensor | None = None) -> Tensor:
         """Cached incremental forward; returns logits (B, S, V) for the S new positions.
@@ -290,25 +167,18 @@ class GPT(nn.Module):
         optional ``idx`` (B, S-1); without, ``idx`` (B, S) are tokens at ``input_pos`` (S,)
         (the token at sequence position p is tok_{p-1}). Positions must be written in order.
         """
-        if self.causal_mask is None:
-            raise RuntimeError("forward_step needs setup_caches() first")
         parts = []
         if labels is not None:
             parts.append(self.cls_embedding(labels))
         if idx is not None:
             parts.append(self.tok_embeddings(idx))
-        if not parts:
-            raise ValueError("forward_step needs idx, labels or both")
-        h = self.tok_dropout(torch.cat(parts, dim=1))  # (B, S, D)
-        if input_pos.shape != (h.shape[1],):
-            raise ValueError(f"input_pos {tuple(input_pos.shape)} does not match {h.shape[1]} "
-                             "new positions")
+        h = self.tok_dropout(embed_step(parts))  # (B, S, D)
+        mask = self.step_mask(input_pos, h.shape[1])  # (S, L)
         if labels is not None and int(input_pos[0]) != 0:
             raise ValueError("the class token must sit at position 0")
-        cos, sin = self.rope_cos[input_pos], self.rope_sin[input_pos]
-        mask = self.causal_mask[input_pos]  # (S, L)
+        rope = self.rope_cos[input_pos], self.rope_sin[input_pos]
         for layer in self.layers:
-            h = layer(h, cos, sin, input_pos, mask)
+            h = layer(h, rope, input_pos, mask)
         return self.output(self.norm(h)).float()
 
 

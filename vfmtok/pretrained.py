@@ -5,7 +5,8 @@ alone (the way timm and Hugging Face keep a model's config beside its weights).
 "weights_sha256": ...}``. The sections are the dataclasses of :mod:`vfmtok.config` as plain dicts
 and are read back with :func:`vfmtok.typed.from_dict`, so a hand-edited or foreign file fails with
 the file, key and value, like a params file. The models' own ``save_pretrained`` /
-``from_pretrained`` (``vfmtok.tokenizer``, ``vfmtok.gpt``) are built on these helpers.
+``from_pretrained`` (``vfmtok.tokenizer``, ``vfmtok.transformer.Generator`` for the GPT and RAR)
+are built on these helpers.
 """
 
 from __future__ import annotations
@@ -42,15 +43,29 @@ def save_folder(folder: str | Path, kind: str, state: dict, sections: dict[str, 
     return digest
 
 
-def read_config(folder: str | Path, kind: str) -> dict[str, Any]:
-    """The folder's ``config.json``, checked to be a ``kind`` model of a known version."""
+def _read_json(folder: str | Path) -> dict[str, Any] | Any:
     path = Path(folder) / CONFIG
     if not path.is_file():
         raise ModelFolderError(f"{path}: not found (a model folder holds {WEIGHTS} and {CONFIG})")
     try:
-        meta = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except ValueError as e:
         raise ConfigError("<file>", str(path), f"not valid JSON: {e}", path) from None
+
+
+def read_format(folder: str | Path) -> str:
+    """The folder's ``config.json`` format (``vfmtok.<kind>``), to pick the class that loads it."""
+    meta = _read_json(folder)
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    if not isinstance(fmt, str):
+        raise ConfigError("format", fmt, "missing: not a vfmtok model folder", Path(folder) / CONFIG)
+    return fmt
+
+
+def read_config(folder: str | Path, kind: str) -> dict[str, Any]:
+    """The folder's ``config.json``, checked to be a ``kind`` model of a known version."""
+    path = Path(folder) / CONFIG
+    meta = _read_json(folder)
     if not isinstance(meta, dict) or meta.get("format") != f"vfmtok.{kind}":
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ConfigError("format", found, f"expected 'vfmtok.{kind}'", path)

@@ -68,18 +68,19 @@ def train_ar(
     model: nn.Module, data: TokenBatches, cfg: ARTrainConfig, checkpoint_dir: str | Path,
     device: torch.device, val_batches: Callable[[], Iterable[tuple[Tensor, Tensor]]] | None = None,
     on_log: Callable[[int, dict[str, float]], None] = lambda step, logs: None,
-    run_config: dict | None = None, step_fn: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
+    run_config: dict | None = None,
+    step_fn: Callable[[nn.Module, Tensor, Tensor, int], Tensor] | None = None,
     quality: Callable[[nn.Module], dict[str, float]] | None = None,
 ) -> int:
     """Train ``model`` to ``cfg.steps``, resuming from ``checkpoint_dir``; returns the steps run.
 
-    ``step_fn(runner, tokens, labels) -> loss`` replaces the forward (``runner`` is the DDP/FSDP/
-    compiled module). ``quality(model) -> metrics`` scores the model every ``cfg.quality_every``
-    steps and at the last (e.g. samples judged by a frozen network: how the paper plots
-    convergence); it must draw from its own seeded generator, so a resumed run stays exact. Under
-    torchrun ``model`` is trained in place (FSDP2 leaves it sharded: use
-    ``vfmtok.distributed.model_state`` to get its weights), ``val_batches`` and ``quality`` run on
-    every rank (FSDP gathers), ``on_log`` on rank 0 only.
+    ``step_fn(runner, tokens, labels, step) -> loss`` replaces the forward (``runner`` is the
+    DDP/FSDP/compiled module; ``step`` the 0-based step, e.g. for RAR's annealed random orders).
+    ``quality(model) -> metrics`` scores the model every ``cfg.quality_every`` steps and at the
+    last (e.g. samples judged by a frozen network: how the paper plots convergence); it must draw
+    from its own seeded generator, so a resumed run stays exact. Under torchrun ``model`` is
+    trained in place (FSDP2 leaves it sharded: use ``vfmtok.distributed.model_state`` to get its
+    weights), ``val_batches`` and ``quality`` run on every rank (FSDP gathers), ``on_log`` on rank 0.
     """
     validate(cfg)
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME
@@ -98,7 +99,7 @@ def train_ar(
         D.restore_rng(state, cfg.seed)
     del state
 
-    def forward(m: nn.Module, tokens: Tensor, labels: Tensor) -> Tensor:
+    def forward(m: nn.Module, tokens: Tensor, labels: Tensor, step: int) -> Tensor:
         return m(tokens, labels, targets=tokens)[1]
 
     step_fn = step_fn or forward
@@ -111,7 +112,7 @@ def train_ar(
                              f"batch_size {cfg.batch_size} (give each rank batch_size / world rows)")
         tokens, labels = tokens.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast(device):
-            loss = step_fn(runner, tokens, labels)
+            loss = step_fn(runner, tokens, labels, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:

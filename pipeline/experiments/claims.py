@@ -15,12 +15,10 @@ at the end of its budget; no threshold is derived from the compared runs.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
+from pipeline.experiments.runs import run_experiments
 from pipeline.layout import Layout
-from pipeline.params import load_params, profile_path
 from pipeline.reporting import plots
 from pipeline.revisions import read_json
 from vfmtok import files
@@ -48,30 +46,10 @@ def cfg_name(scale: float) -> str:
     return f"claims-vfmtok-cfg{scale:g}"
 
 
-def _exp_run(root: Path, name: str, overrides: list[str]) -> None:
-    subprocess.run(["dvc", "exp", "remove", name], cwd=root, capture_output=True)  # may not exist
-    cmd = ["dvc", "exp", "run", "--temp", "-n", name]
-    for item in overrides:
-        cmd += ["-S", item]
-    subprocess.run(cmd, cwd=root, check=True)
-
-
-def run_experiments(root: Path, profile: str = "claims") -> None:
-    """The three runs and the CFG sweep, with ``params/<profile>.yaml`` as params.yaml for the
-    duration (``active``: the workspace's own), which is then put back as it was."""
-    params_file = root / "params.yaml"
-    original = params_file.read_bytes()
-    if profile != "active":
-        source = profile_path(profile, root)
-        load_params(source)  # refuse a profile that does not validate before running anything
-        shutil.copyfile(source, params_file)
-    try:
-        for name, overrides in RUNS.items():
-            _exp_run(root, name, overrides)
-        for scale in CFG_SCALES:
-            _exp_run(root, cfg_name(scale), [*RUNS["claims-vfmtok"], f"sample.cfg_scale={scale}"])
-    finally:
-        files.write_bytes(params_file, original)
+def runs() -> list[tuple[str, list[str]]]:
+    """The three runs, then the CFG sweep of the VFMTok one."""
+    sweep = [(cfg_name(s), [*RUNS["claims-vfmtok"], f"sample.cfg_scale={s}"]) for s in CFG_SCALES]
+    return [*RUNS.items(), *sweep]
 
 
 def _reports(rev: str, root: str) -> dict[str, dict]:
@@ -109,7 +87,7 @@ def claims(root: str = ".", run: bool = False, profile: str = "claims") -> Path:
     """Write ``reports/claims.md`` and ``reports/claims_convergence.png``."""
     path = Path(root)
     if run:
-        run_experiments(path, profile)
+        run_experiments(path, runs(), profile)
     got = {name: _reports(name, root) for name in RUNS}
     cfg = {scale: _reports(cfg_name(scale), root)["metrics"].get("gfid") for scale in CFG_SCALES}
 

@@ -1,4 +1,6 @@
-"""Stage ``sample``: class-conditional samples from the GPT, decoded by the EMA tokenizer.
+"""Stage ``sample``: class-conditional samples from the generator (GPT or RAR, raster decoding
+with the KV cache), decoded by the EMA tokenizer. Sample i draws from its own seed (derived from
+``sample.seed`` and i), so it does not depend on ``batch_size``.
 
 Reads ``sample``, ``data/gpt``, ``data/tokenizer``, ``data/prepared/classes.json``; writes
 ``data/samples`` (``pipeline/formats/samples.py``), ``reports/samples/<class>.png`` (a grid per
@@ -21,32 +23,34 @@ from pipeline.formats import prepared, samples
 from pipeline.layout import Layout
 from pipeline.params import Params, load_params
 from pipeline.reporting import grids
-from pipeline.trained import load_gpt, load_tokenizer
+from pipeline.trained import load_generator, load_tokenizer
 from vfmtok import files
-from vfmtok.generate import generate
-from vfmtok.gpt import GPT
+from vfmtok.generate import generate, sample_seeds
 from vfmtok.images import to_uint8
 from vfmtok.runtime import autocast, pick_device
+from vfmtok.transformer import Generator
 
 
-def _generate(model: GPT, labels: torch.Tensor, params: Params, use_kv_cache: bool,
-              generator: torch.Generator) -> torch.Tensor:
+def _generate(model: Generator, labels: torch.Tensor, params: Params, use_kv_cache: bool,
+              first: int) -> torch.Tensor:
+    """Samples ``first`` .. ``first + B - 1`` of the run, for ``labels`` (B,)."""
     s, device = params.sample, labels.device
     with autocast(device):
         return generate(model, labels, model.config.n_tokens, temperature=s.temperature,
-                        top_k=s.top_k, top_p=s.top_p, cfg_scale=s.cfg_scale,
-                        use_kv_cache=use_kv_cache, generator=generator)
+                        top_k=s.top_k, top_p=s.top_p, cfg_scale=s.cfg_scale, cfg_power=s.cfg_power,
+                        use_kv_cache=use_kv_cache, seeds=sample_seeds(s.seed, first, len(labels)),
+                        compile=s.compile and use_kv_cache)
 
 
 @task(cache_policy=NO_CACHE)
-def speed(model: GPT, params: Params, device: torch.device) -> dict:
-    """Tokens/s of one batch with and without the KV cache (same seed, same samples)."""
+def speed(model: Generator, params: Params, device: torch.device) -> dict:
+    """Tokens/s of one batch with and without the KV cache (same seeds, same samples; with
+    ``compile`` the compiled step was built by the sampling before)."""
     labels = torch.arange(params.sample.speed_batch, device=device) % model.config.num_classes
     out = {}
     for name, kv in (("kv_cache", True), ("no_cache", False)):
-        g = torch.Generator(device=device).manual_seed(params.sample.seed)
         start = time.perf_counter()
-        _generate(model, labels, params, kv, g)
+        _generate(model, labels, params, kv, 0)
         seconds = time.perf_counter() - start
         out[f"tokens_per_s_{name}"] = round(len(labels) * model.config.n_tokens / seconds, 1)
     out["kv_cache_speedup"] = round(out["tokens_per_s_kv_cache"] / out["tokens_per_s_no_cache"], 2)
@@ -70,14 +74,13 @@ def sample_flow(params_file: str = "params.yaml", root: str = ".") -> dict:
     s, layout = params.sample, Layout(Path(root))
     device = pick_device(s.device)
     classes = prepared.read_classes(layout.prepared)
-    gpt = load_gpt(layout, params, len(classes), device)
+    gpt = load_generator(layout, params, len(classes), device)
     tokenizer, _ = load_tokenizer(layout, params, device)
     labels = torch.arange(len(classes)).repeat_interleave(s.per_class)
-    g = torch.Generator(device=device).manual_seed(s.seed)
 
     start, decoded = time.perf_counter(), []
     for i in range(0, len(labels), s.batch_size):
-        ids = _generate(gpt, labels[i : i + s.batch_size].to(device), params, True, g)
+        ids = _generate(gpt, labels[i : i + s.batch_size].to(device), params, True, i)
         with torch.no_grad(), autocast(device):
             decoded.append(to_uint8(tokenizer.decode(ids)))
     seconds = time.perf_counter() - start
@@ -89,7 +92,9 @@ def sample_flow(params_file: str = "params.yaml", root: str = ".") -> dict:
         "samples": len(images),
         "images_per_s": round(len(images) / seconds, 2),
         "tokens_per_s": round(len(images) * gpt.config.n_tokens / seconds, 1),
+        "generator": params.ar_model.model,
         "cfg_scale": s.cfg_scale,
+        "cfg_power": s.cfg_power,
         **speed(gpt, params, device),
     }
     report["seconds"] = round(time.perf_counter() - start, 2)

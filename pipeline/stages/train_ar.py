@@ -1,4 +1,5 @@
-"""Stage ``train_ar``: the class-conditional GPT over the tokenizer's Parquet tokens.
+"""Stage ``train_ar``: the class-conditional generator (``ar_model.model``: a raster GPT or RAR,
+trained in RAR's annealed random orders) over the tokenizer's Parquet tokens.
 
 Reads ``ar_model``, ``train_ar``, ``judge``, ``tokenizer``, ``data/tokens``, ``data/tokenizer`` and
 ``data/prepared``; writes ``data/gpt`` (the model's ``save_pretrained`` folder),
@@ -28,9 +29,8 @@ from pipeline.reporting.live import open_live, read_curve
 from pipeline.sample_quality import SampleQuality
 from pipeline.token_stream import TokenStream, iter_batches
 from pipeline.trained import load_tokenizer
-from vfmtok import distributed, files
+from vfmtok import distributed, files, generators
 from vfmtok.backbones import build_backbone
-from vfmtok.gpt import GPT
 from vfmtok.train_ar import train_ar, val_loss
 from vfmtok.training import num_params, steps_to_reach
 from vfmtok.typed import result_dict
@@ -40,7 +40,7 @@ STAGE = "train_ar"
 
 @dataclass
 class Trained:
-    model: GPT  # trained in place (sharded under FSDP2)
+    model: generators.Generator  # trained in place (sharded under FSDP2)
     steps_run: int
     seconds: float
 
@@ -75,9 +75,9 @@ def fit(params: Params, layout: Layout, device: torch.device) -> Trained:
     train, val = token_files(params, layout)
     num_classes = len(prepared.read_classes(layout.prepared))
     torch.manual_seed(cfg.seed)
-    gpt_cfg = params.ar_model.gpt_config(params.tokenizer.codebook_size, params.tokenizer.n_tokens,
-                                         num_classes)
-    model = GPT(gpt_cfg).to(device)
+    model_cfg = params.ar_model.model_config(params.tokenizer.codebook_size, params.tokenizer.n_tokens,
+                                             num_classes)
+    model = generators.build_generator(model_cfg).to(device)
     run_config = {k: result_dict(getattr(params, k)) for k in ("tokenizer", "ar_model", "judge", STAGE)}
     run_config["tokens_sha256"] = train.meta.get("tokenizer_sha256")
     live = None
@@ -99,7 +99,8 @@ def fit(params: Params, layout: Layout, device: torch.device) -> Trained:
     steps_run = train_ar(model, rank_stream(train, cfg.batch_size, cfg.seed), cfg,
                          layout.checkpoints("gpt"), device,
                          val_batches=lambda: iter_batches(val, cfg.batch_size, cfg.val_rows),
-                         on_log=log, run_config=run_config, quality=_quality(params, layout, device))
+                         on_log=log, run_config=run_config, step_fn=generators.training_step(model, cfg),
+                         quality=_quality(params, layout, device))
     if live is not None:
         live.end()
     return Trained(model, steps_run, time.perf_counter() - start)
@@ -149,5 +150,5 @@ def train_ar_flow(params_file: str = "params.yaml", root: str = ".") -> dict:
     for t in cfg.report_thresholds:
         report[f"steps_to_val_loss_{t}"] = steps_to_reach(val_curve, t)
     files.write_json(layout.report(STAGE), report)
-    get_run_logger().info("GPT val loss %.4f after %d steps", final_val, cfg.steps)
+    get_run_logger().info("%s val loss %.4f after %d steps", params.ar_model.model, final_val, cfg.steps)
     return report
