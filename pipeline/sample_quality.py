@@ -19,7 +19,7 @@ from pipeline import evaluation
 from pipeline.formats.prepared import SplitImages
 from vfmtok.backbones import FrozenBackbone
 from vfmtok.fid import fid_from_features
-from vfmtok.generate import generate
+from vfmtok.generate import generate, sample_seeds
 from vfmtok.images import to_uint8
 from vfmtok.metrics import fit_probe
 from vfmtok.runtime import autocast
@@ -45,12 +45,12 @@ class SampleQuality:
     @torch.no_grad()
     def samples(self, model: nn.Module) -> np.ndarray:
         """The fixed sample set, (N, H, W, 3) uint8: same labels, same seed, every call."""
-        g = torch.Generator(device=self.device).manual_seed(self.seed)
         out = []
         for i in range(0, len(self.labels), self.batch_size):
             labels = self.labels[i : i + self.batch_size].to(self.device)
+            seeds = sample_seeds(self.seed, i, len(labels))  # one per sample: batching does not matter
             with autocast(self.device):
-                ids = generate(model, labels, model.config.n_tokens, generator=g)
+                ids = generate(model, labels, model.config.n_tokens, seeds=seeds)
                 out.append(to_uint8(self.tokenizer.decode(ids)))
         return np.concatenate(out)
 
