@@ -5,16 +5,19 @@ ridge readouts read (tokens, backbone levels)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from pipeline.formats import features, tokens
+from pipeline.formats import features, reference_batch, tokens
 from pipeline.formats.prepared import SplitImages
 from pipeline.layout import Layout
 from pipeline.params import Params
 from vfmtok import files, inception
 from vfmtok.backbones import FrozenBackbone, build_backbone
-from vfmtok.images import from_uint8
+from vfmtok.fid import feature_stats
+from vfmtok.images import from_uint8, resize_uint8
 from vfmtok.metrics import linear_probe
 from vfmtok.runtime import autocast
 from vfmtok.tokenizer import Tokenizer
@@ -34,18 +37,51 @@ def balanced_subset(labels: np.ndarray, n: int) -> np.ndarray:
     return np.sort(np.lexsort((np.arange(len(labels)), rank))[:n])
 
 
-def reference_features(fid: inception.InceptionFeatures, images: SplitImages, pick: np.ndarray,
-                       layout: Layout) -> np.ndarray:
-    """Inception features of the reference images, cached under ``.cache/`` by their content hashes
-    (a changed image, subset or extractor is a new key)."""
-    hashes = images.rows["content_hash"].to_numpy()[pick]
-    key = files.sha256_bytes(("|".join(hashes) + fid.name).encode())[:20]
-    path = layout.cache / "fid_reference" / f"{key}.npy"
+@dataclass
+class Reference:
+    """What gFID is scored against: pool3 statistics, and the features themselves when known (KID
+    and precision/recall need them; an ADM batch with only ``mu``/``sigma`` gives FID alone)."""
+
+    name: str  # where it comes from, for the metrics table
+    mu: np.ndarray  # (2048,)
+    sigma: np.ndarray  # (2048, 2048)
+    features: np.ndarray | None  # (N, 2048)
+
+
+def cached_features(fid: inception.InceptionFeatures, images: np.ndarray, key: str,
+                    layout: Layout) -> np.ndarray:
+    """Inception features of ``images``, cached under ``.cache/`` by ``key`` (content hashes, size,
+    extractor: a changed image, subset, resize or network is a new key)."""
+    path = layout.cache / "fid_reference" / f"{files.sha256_bytes((key + fid.name).encode())[:20]}.npy"
     if path.is_file():
         return np.load(path)
-    feats = fid.features(images.uint8(pick))
+    feats = fid.features(images)
     files.write_npy(path, feats)
     return feats
+
+
+def val_features(fid: inception.InceptionFeatures, images: SplitImages, pick: np.ndarray, resolution: int,
+                 layout: Layout) -> np.ndarray:
+    """Features of the val images at ``pick``, at the evaluation resolution (0: as prepared)."""
+    size = resolution or images.resolution
+    key = "|".join(images.rows["content_hash"].to_numpy()[pick]) + f"|{size}"
+    return cached_features(fid, resize_uint8(images.uint8(pick), size), key, layout)
+
+
+def reference(fid: inception.InceptionFeatures, npz_path: str, resolution: int, val_feats: np.ndarray,
+              layout: Layout) -> Reference:
+    """The ADM batch of ``npz_path`` (its ``mu``/``sigma`` as given, its ``arr_0`` through the same
+    network, resized to ``resolution``), or else the val images' own features."""
+    if not npz_path:
+        return Reference("the val images above", *feature_stats(val_feats), val_feats)
+    batch = reference_batch.read(npz_path)
+    feats = None
+    if batch.images is not None:
+        images = resize_uint8(batch.images, resolution) if resolution else batch.images
+        feats = cached_features(fid, images, f"{files.sha256_file(batch.path)}|{images.shape[1]}", layout)
+    mu, sigma = (batch.mu, batch.sigma) if batch.mu is not None else feature_stats(feats)
+    source = "mu/sigma" if batch.mu is not None else "arr_0"
+    return Reference(f"{batch.path.name} ({source})", mu, sigma, feats)
 
 
 def pooled_backbone(backbone: FrozenBackbone, images: np.ndarray, device: torch.device,

@@ -136,6 +136,10 @@ class EvaluateParams:
     batch_size: int = field(default=64, metadata={"min": 1})
     kid_subset_size: int = field(default=100, metadata={"min": 2})
     inception_full_weights: str = ""  # torch-fidelity weights with logits -> Inception Score
+    # An ADM-format reference batch (.npz: arr_0 images and/or mu/sigma pool3 statistics), e.g.
+    # VIRTUAL_imagenet256_labeled.npz, to score samples as published; "" = the val images.
+    reference_npz: str = ""
+    resolution: int = field(default=0, metadata={"min": 0, "max": 2048})  # 0 = the dataset's
     device: Device = field(default="auto", metadata=NEUTRAL)
 
 
@@ -161,7 +165,8 @@ class Params:
         """Inputs that must exist on this machine (skipped to inspect a profile from elsewhere)."""
         files = [("train_tokenizer.loss.lpips_vgg_weights", self.train_tokenizer.loss.lpips_vgg_weights),
                  ("train_tokenizer.loss.lpips_lin_weights", self.train_tokenizer.loss.lpips_lin_weights),
-                 ("evaluate.inception_full_weights", self.evaluate.inception_full_weights)]
+                 ("evaluate.inception_full_weights", self.evaluate.inception_full_weights),
+                 ("evaluate.reference_npz", self.evaluate.reference_npz)]
         for name in ("backbone", "judge"):
             weights = getattr(self, name).weights
             if weights not in ("bundled", "random"):

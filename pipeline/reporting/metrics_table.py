@@ -19,6 +19,10 @@ HOW = {
     "inception_score": "needs a full Inception weights file (`evaluate.inception_full_weights`); "
                        "absent otherwise, never 0",
     "rfid": "FID of the EMA tokenizer's reconstructions vs the same val images",
+    "sfid": "absent: sFID needs the TF graph's mixed_6/conv spatial features (ADM's evaluator), whose "
+            "match in torch-fidelity's Inception-v3 is not verified here",
+    "fid_reference": "what gFID is scored against: the val images, or `evaluate.reference_npz`",
+    "fid_resolution": "the size samples, reconstructions and references are resized to (PIL bicubic)",
     "psnr": "PSNR of reconstructions, uint8, data_range 255, mean over all val images",
     "ssim": "SSIM (scikit-image, 7x7 window, channel_axis), uint8, data_range 255, mean over val",
     "codebook_usage": "unique codes in the val tokens / codebook size",

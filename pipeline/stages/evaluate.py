@@ -8,6 +8,11 @@
 - Linear probe of the tokens and class accuracy of the samples by a classifier on frozen backbone
   features; FD in the backbone's feature space (``pipeline/evaluation.py``).
 Writes ``reports/metrics.json`` (DVC metrics), ``reports/metrics.md`` and ``reports/metrics.csv``.
+
+The paper's protocol: ``evaluate.reference_npz`` names an ADM-format reference batch (every
+published ImageNet gFID is against ``VIRTUAL_imagenet256_labeled.npz``) and ``evaluate.resolution``
+the size samples, reconstructions and reference images are resized to first (PIL bicubic,
+antialiased; 256 in the ImageNet profile; 0 = as they are).
 """
 
 from __future__ import annotations
@@ -31,31 +36,34 @@ from pipeline.trained import load_tokenizer
 from vfmtok import fid as fd
 from vfmtok import inception
 from vfmtok.backbones import build_backbone
+from vfmtok.images import resize_uint8
 from vfmtok.metrics import batch_psnr, batch_ssim, codebook_usage, error_bias, fit_probe, linear_readout_psnr
 from vfmtok.runtime import pick_device
 from vfmtok.tokenizer import Tokenizer
 
 
 @task(cache_policy=NO_CACHE)
-def generation(fid: inception.InceptionFeatures, ref: np.ndarray, sample_images: np.ndarray,
-               s_pick: np.ndarray, kid_subset_size: int) -> dict:
-    """The samples against the val reference: FID, KID, precision/recall, IS when possible."""
-    s_feats, s_logits = fid.features_and_logits(sample_images[s_pick])
-    g = fd.distribution_metrics(ref, s_feats, fid.name, kid_subset_size=kid_subset_size)
+def generation(fid: inception.InceptionFeatures, ref: evaluation.Reference, sample_images: np.ndarray,
+               s_pick: np.ndarray, resolution: int, kid_subset_size: int) -> dict:
+    """The samples (resized to the evaluation resolution) against the reference: FID from its
+    statistics; KID and precision/recall when its features are known; IS when possible."""
+    images = resize_uint8(sample_images[s_pick], resolution) if resolution else sample_images[s_pick]
+    s_feats, s_logits = fid.features_and_logits(images)
+    out = {"gfid": round(fd.frechet_distance(ref.mu, ref.sigma, *fd.feature_stats(s_feats)), 3)}
+    g = (fd.distribution_metrics(ref.features, s_feats, fid.name, kid_subset_size=kid_subset_size)
+         if ref.features is not None else {})
+    for key, digits in (("kid", 5), ("kid_std", 5), ("precision", 4), ("recall", 4)):
+        value = g.get(f"{key}/{fid.name}")
+        out[key] = None if value is None else round(value, digits)
     is_score = fd.inception_score(s_logits)
-    return {
-        "gfid": round(g[f"fd/{fid.name}"], 3),
-        "kid": round(g[f"kid/{fid.name}"], 5),
-        "kid_std": round(g[f"kid_std/{fid.name}"], 5),
-        "precision": round(g[f"precision/{fid.name}"], 4),
-        "recall": round(g[f"recall/{fid.name}"], 4),
-        "inception_score": None if is_score is None else round(is_score[0], 3),
-    }
+    out["inception_score"] = None if is_score is None else round(is_score[0], 3)
+    out["sfid"] = None  # absent: see the metrics table's note (metrics_table.HOW["sfid"])
+    return out
 
 
 @task(cache_policy=NO_CACHE)
 def reconstruction(params: Params, layout: Layout, tokenizer: Tokenizer, fid: inception.InceptionFeatures,
-                   val: SplitImages, ref: np.ndarray, pick: np.ndarray, device: torch.device) -> dict:
+                   val: SplitImages, val_feats: np.ndarray, pick: np.ndarray, device: torch.device) -> dict:
     """The EMA tokenizer on the val images: rFID (same reference), PSNR, SSIM, codebook use, and
     the error that every reconstruction shares (``reports/error_map.png``)."""
     feats = features.for_split(layout.features, val, params.tokenizer.kind, params.extract_features.splits)
@@ -66,7 +74,7 @@ def reconstruction(params: Params, layout: Layout, tokenizer: Tokenizer, fid: in
     signed, absolute, worst = error_bias(orig, recon)
     plots.error_maps(layout.picture("error_map"), signed, absolute, worst, len(orig))
     return {
-        "rfid": round(fd.fid_from_features(ref, fid.features(recon[pick])), 3),
+        "rfid": round(fd.fid_from_features(val_feats, fid.features(_at(recon[pick], params))), 3),
         "psnr": round(batch_psnr(orig, recon, data_range=255), 3),
         "ssim": round(batch_ssim(orig, recon, data_range=255), 4),
         "error_bias_max": round(worst, 3),
@@ -116,6 +124,11 @@ def semantics(params: Params, layout: Layout, tokenizer: Tokenizer, val: SplitIm
     }
 
 
+def _at(images: np.ndarray, params: Params) -> np.ndarray:
+    """Images at the evaluation resolution (``evaluate.resolution``; 0 = as they are)."""
+    return resize_uint8(images, params.evaluate.resolution) if params.evaluate.resolution else images
+
+
 def judge_name(params: Params) -> str:
     return params.judge.model or params.judge.kind
 
@@ -133,15 +146,18 @@ def evaluate_flow(params_file: str = "params.yaml", root: str = ".") -> dict:
     val = SplitImages(layout.prepared, "val")
     pick = evaluation.balanced_subset(val.labels, e.fid_images)
     s_pick = evaluation.balanced_subset(sample_labels, e.fid_images)
-    ref = evaluation.reference_features(fid, val, pick, layout)
+    val_feats = evaluation.val_features(fid, val, pick, e.resolution, layout)
+    ref = evaluation.reference(fid, e.reference_npz, e.resolution, val_feats, layout)
 
     metrics = {
         "tokenizer_kind": params.tokenizer.kind,
         "tokens_per_image": params.tokenizer.n_tokens,
-        **generation(fid, ref, sample_images, s_pick, e.kid_subset_size),
-        **reconstruction(params, layout, tokenizer, fid, val, ref, pick, device),
+        **generation(fid, ref, sample_images, s_pick, e.resolution, e.kid_subset_size),
+        **reconstruction(params, layout, tokenizer, fid, val, val_feats, pick, device),
         **readouts(params, layout, tokenizer, val, device),
         **semantics(params, layout, tokenizer, val, pick, sample_images, sample_labels, s_pick, device),
+        "fid_reference": ref.name,
+        "fid_resolution": e.resolution or val.resolution,
         "fid_images": int(len(pick)),
         "fid_samples": int(len(s_pick)),
         "seconds": round(time.perf_counter() - start, 1),  # the stage's own work
