@@ -14,7 +14,7 @@ from pipeline.formats import features, reference_batch, tokens
 from pipeline.formats.prepared import SplitImages
 from pipeline.layout import Layout
 from pipeline.params import Params
-from vfmtok import files, inception
+from vfmtok import distributed, files, inception
 from vfmtok.backbones import FrozenBackbone, build_backbone
 from vfmtok.fid import feature_stats
 from vfmtok.images import from_uint8, resize_uint8
@@ -49,14 +49,17 @@ class Reference:
 
 
 def cached_features(fid: inception.InceptionFeatures, images: np.ndarray, key: str,
-                    layout: Layout) -> np.ndarray:
+                    layout: Layout) -> np.ndarray | None:
     """Inception features of ``images``, cached under ``.cache/`` by ``key`` (content hashes, size,
-    extractor: a changed image, subset, resize or network is a new key)."""
+    extractor: a changed image, subset, resize or network is a new key). Under torchrun the ranks
+    share the work and rank 0 gets the features (None on the others); every rank looks at the
+    cache before any writes it, so all take the same branch."""
     path = layout.cache / "fid_reference" / f"{files.sha256_bytes((key + fid.name).encode())[:20]}.npy"
     if path.is_file():
-        return np.load(path)
-    feats = fid.features(images)
-    files.write_npy(path, feats)
+        return np.load(path) if distributed.is_main() else None
+    feats = inception_features(fid, images, split=True)
+    if feats is not None:
+        files.write_npy(path, feats)
     return feats
 
 
@@ -68,31 +71,47 @@ def val_features(fid: inception.InceptionFeatures, images: SplitImages, pick: np
     return cached_features(fid, resize_uint8(images.uint8(pick), size), key, layout)
 
 
-def reference(fid: inception.InceptionFeatures, npz_path: str, resolution: int, val_feats: np.ndarray,
-              layout: Layout) -> Reference:
+def reference(fid: inception.InceptionFeatures, npz_path: str, resolution: int,
+              val_feats: np.ndarray | None, layout: Layout) -> Reference | None:
     """The ADM batch of ``npz_path`` (its ``mu``/``sigma`` as given, its ``arr_0`` through the same
-    network, resized to ``resolution``), or else the val images' own features."""
-    if not npz_path:
-        return Reference("the val images above", *feature_stats(val_feats), val_feats)
-    batch = reference_batch.read(npz_path)
+    network, resized to ``resolution``), or else the val images' own features (None off rank 0)."""
+    batch = reference_batch.read(npz_path) if npz_path else None
     feats = None
-    if batch.images is not None:
+    if batch is not None and batch.images is not None:
         images = resize_uint8(batch.images, resolution) if resolution else batch.images
         feats = cached_features(fid, images, f"{files.sha256_file(batch.path)}|{images.shape[1]}", layout)
+    if not distributed.is_main():
+        return None
+    if batch is None:
+        return Reference("the val images above", *feature_stats(val_feats), val_feats)
     mu, sigma = (batch.mu, batch.sigma) if batch.mu is not None else feature_stats(feats)
     source = "mu/sigma" if batch.mu is not None else "arr_0"
     return Reference(f"{batch.path.name} ({source})", mu, sigma, feats)
 
 
 def pooled_backbone(backbone: FrozenBackbone, images: np.ndarray, device: torch.device,
-                    batch: int = 128) -> np.ndarray:
-    """Mean-pooled last (semantic) level of the frozen backbone: (N, C) features."""
-    out = []
-    for i in range(0, len(images), batch):
+                    batch: int = 128, split: bool = False) -> np.ndarray | None:
+    """Mean-pooled last (semantic) level of the frozen backbone: (N, C) features. ``split``: the
+    batches shared across torchrun ranks, the result on rank 0 (None on the others)."""
+
+    def one(idx: np.ndarray) -> np.ndarray:
         with autocast(device):
-            sem = backbone(from_uint8(images[i : i + batch]).to(device)).semantic
-        out.append(sem.float().mean(dim=(2, 3)).cpu().numpy())
-    return np.concatenate(out)
+            sem = backbone(from_uint8(images[idx]).to(device)).semantic
+        return sem.float().mean(dim=(2, 3)).cpu().numpy()
+
+    return _batched(one, len(images), batch, split)
+
+
+def inception_features(fid: inception.InceptionFeatures, images: np.ndarray, split: bool = False,
+                       batch: int = 200) -> np.ndarray | None:
+    """(N, 2048) pool3 features; ``split`` as in :func:`pooled_backbone`."""
+    return _batched(lambda idx: fid.features(images[idx]), len(images), batch, split)
+
+
+def _batched(fn, n: int, batch: int, split: bool) -> np.ndarray | None:
+    parts = (distributed.map_batches(fn, n, batch) if split
+             else [fn(np.arange(i, min(i + batch, n))) for i in range(0, n, batch)])
+    return None if parts is None else np.concatenate(parts)
 
 
 def pooled_tokens(tokenizer: Tokenizer, file: tokens.TokenFile, limit: int,

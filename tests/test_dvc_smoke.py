@@ -151,3 +151,16 @@ def test_one_param_switches_the_generator_to_rar(project):
     assert json.loads((project / "reports" / "sample.json").read_text())["generator"] == "RAR-Tiny"
     code = readme_example("generate") + "\nassert type(gpt).__name__ == 'RAR', gpt\n"
     _run(project, sys.executable, "-c", code + "assert images.shape == (8, 32, 32, 3), images.shape\n")
+
+
+def test_samples_and_tokens_do_not_depend_on_the_number_of_processes(project):
+    """sample and tokenize under torchrun (2 gloo processes) write byte-identical files to the
+    one-process run: fixed batches split across ranks, one seed per sample, rank 0 writes."""
+    _run(project, "dvc", "repro")  # whatever the tests before left, current again
+    files = ["data/samples/samples.npz", "data/tokens/train.parquet", "data/tokens/val.parquet"]
+    one = {f: (project / f).read_bytes() for f in files}
+    for stage in ("sample", "tokenize"):
+        _run(project, sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+             "-m", "pipeline.stage", stage)
+    for f in files:
+        assert (project / f).read_bytes() == one[f], f

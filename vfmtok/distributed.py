@@ -119,6 +119,32 @@ class RankSlice:
         return rank_rows(tokens, self.rank, self.world), rank_rows(labels, self.rank, self.world)
 
 
+def my_batches(n_items: int, batch_size: int) -> list[int]:
+    """Start indices of the fixed-size batches this rank computes. Batch k holds items
+    [k * B, (k + 1) * B) and goes to rank k % W: every batch is made of the same items whatever the
+    number of ranks, so a per-item result (a sample drawn from its own seed) does not depend on W."""
+    return list(range(0, n_items, batch_size))[rank()::world()]
+
+
+def gather_batches(results: dict[int, Any]) -> dict[int, Any] | None:
+    """``{batch start: result}`` of every rank, merged on rank 0 (None on the others)."""
+    if world() == 1:
+        return results
+    parts: list[dict[int, Any]] | None = [{} for _ in range(world())] if is_main() else None
+    dist.gather_object(results, parts, dst=0)
+    return None if parts is None else {k: v for part in parts for k, v in part.items()}
+
+
+def map_batches(fn: Callable[[Any], Any], n_items: int, batch_size: int) -> list[Any] | None:
+    """``fn(indices)`` over fixed batches of ``range(n_items)``, split across ranks
+    (:func:`my_batches`); the results in item order on rank 0, None on the others."""
+    import numpy as np
+
+    mine = {i: fn(np.arange(i, min(i + batch_size, n_items))) for i in my_batches(n_items, batch_size)}
+    merged = gather_batches(mine)
+    return None if merged is None else [merged[i] for i in sorted(merged)]
+
+
 def rank_seed(seed: int, rank_: int | None = None) -> int:
     """Seed of a rank's own random stream: ``seed`` on rank 0 (a one-process run is unchanged),
     distinct per rank elsewhere (augmentation and dropout must differ between ranks)."""

@@ -39,6 +39,11 @@ def write_manifest(folder: Path, files_info: list[dict], codebook_size: int, n_t
                                          "n_tokens": n_tokens, "tokenizer_sha256": tokenizer_sha256})
 
 
+def numpy_type(codebook_size: int) -> type:
+    """The smallest numpy integer type that holds every id of the codebook."""
+    return np.uint16 if codebook_size <= 65536 else np.int32
+
+
 def token_type(codebook_size: int) -> pa.DataType:
     return pa.uint16() if codebook_size <= 65536 else pa.int32()
 
@@ -70,8 +75,7 @@ class TokenWriter:
         if tokens.size and (tokens.min() < 0 or tokens.max() >= self.codebook_size):
             raise TokenFileError(f"{self.path}: token id out of [0, {self.codebook_size})")
         n, t = tokens.shape
-        np_type = np.uint16 if self.codebook_size <= 65536 else np.int32
-        values = pa.array(tokens.astype(np_type).reshape(-1))
+        values = pa.array(tokens.astype(numpy_type(self.codebook_size)).reshape(-1))
         offsets = pa.array(np.arange(0, (n + 1) * t, t, dtype=np.int32))
         batch = pa.RecordBatch.from_arrays([
             pa.array(list(image_ids), pa.string()), pa.array([split] * n, pa.string()),

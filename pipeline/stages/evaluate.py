@@ -30,25 +30,28 @@ from pipeline.formats import features, samples, tokens
 from pipeline.formats.prepared import SplitImages
 from pipeline.layout import Layout
 from pipeline.params import Params, load_params
-from pipeline.reconstruction import reconstruct
+from pipeline.reconstruction import reconstruct_batch
 from pipeline.reporting import metrics_table, plots
 from pipeline.trained import load_tokenizer
+from vfmtok import distributed, inception
 from vfmtok import fid as fd
-from vfmtok import inception
 from vfmtok.backbones import build_backbone
 from vfmtok.images import resize_uint8
 from vfmtok.metrics import batch_psnr, batch_ssim, codebook_usage, error_bias, fit_probe, linear_readout_psnr
-from vfmtok.runtime import pick_device
 from vfmtok.tokenizer import Tokenizer
 
 
 @task(cache_policy=NO_CACHE)
-def generation(fid: inception.InceptionFeatures, ref: evaluation.Reference, sample_images: np.ndarray,
+def generation(fid: inception.InceptionFeatures, ref: evaluation.Reference | None, sample_images: np.ndarray,
                s_pick: np.ndarray, resolution: int, kid_subset_size: int) -> dict:
     """The samples (resized to the evaluation resolution) against the reference: FID from its
     statistics; KID and precision/recall when its features are known; IS when possible."""
     images = resize_uint8(sample_images[s_pick], resolution) if resolution else sample_images[s_pick]
-    s_feats, s_logits = fid.features_and_logits(images)
+    parts = distributed.map_batches(lambda idx: fid.features_and_logits(images[idx]), len(images), 200)
+    if parts is None:  # not rank 0: its share is done
+        return {}
+    s_feats = np.concatenate([f for f, _ in parts])
+    s_logits = None if parts[0][1] is None else np.concatenate([lg for _, lg in parts])
     out = {"gfid": round(fd.frechet_distance(ref.mu, ref.sigma, *fd.feature_stats(s_feats)), 3)}
     g = (fd.distribution_metrics(ref.features, s_feats, fid.name, kid_subset_size=kid_subset_size)
          if ref.features is not None else {})
@@ -63,18 +66,30 @@ def generation(fid: inception.InceptionFeatures, ref: evaluation.Reference, samp
 
 @task(cache_policy=NO_CACHE)
 def reconstruction(params: Params, layout: Layout, tokenizer: Tokenizer, fid: inception.InceptionFeatures,
-                   val: SplitImages, val_feats: np.ndarray, pick: np.ndarray, device: torch.device) -> dict:
+                   val: SplitImages, val_feats: np.ndarray | None, pick: np.ndarray,
+                   device: torch.device) -> dict:
     """The EMA tokenizer on the val images: rFID (same reference), PSNR, SSIM, codebook use, and
     the error that every reconstruction shares (``reports/error_map.png``)."""
     feats = features.for_split(layout.features, val, params.tokenizer.kind, params.extract_features.splits)
-    orig, recon, _ = reconstruct(tokenizer, val, feats, params.evaluate.batch_size, device)
+    in_pick = np.zeros(len(val), bool)
+    in_pick[pick] = True
+
+    def one(idx: np.ndarray) -> tuple[np.ndarray, ...]:  # a batch, and the rFID features of its picks
+        orig, recon, ids = reconstruct_batch(tokenizer, val, feats, idx, device)
+        chosen = recon[in_pick[idx]]
+        return orig, recon, fid.features(_at(chosen, params)) if len(chosen) else np.zeros((0, 2048))
+
+    parts = distributed.map_batches(one, len(val), params.evaluate.batch_size)  # torchrun: shared
+    if parts is None:  # not rank 0
+        return {}
+    orig, recon, r_feats = (np.concatenate([p[k] for p in parts]) for k in range(3))  # pick is sorted
     val_file = tokens.TokenFile(tokens.split_file(layout.tokens, "val"))
     usage, perplexity = codebook_usage(np.concatenate([t for t, _ in val_file.iter_row_groups()]),
                                        params.tokenizer.codebook_size)
     signed, absolute, worst = error_bias(orig, recon)
     plots.error_maps(layout.picture("error_map"), signed, absolute, worst, len(orig))
     return {
-        "rfid": round(fd.fid_from_features(val_feats, fid.features(_at(recon[pick], params))), 3),
+        "rfid": round(fd.fid_from_features(val_feats, r_feats), 3),
         "psnr": round(batch_psnr(orig, recon, data_range=255), 3),
         "ssim": round(batch_ssim(orig, recon, data_range=255), 4),
         "error_bias_max": round(worst, 3),
@@ -87,7 +102,10 @@ def reconstruction(params: Params, layout: Layout, tokenizer: Tokenizer, fid: in
 def readouts(params: Params, layout: Layout, tokenizer: Tokenizer, val: SplitImages,
              device: torch.device) -> dict:
     """Ridge readouts to the pixels (fit on train, scored on val): from the dequantized tokens (a
-    decoder should beat it) and from the frozen backbone's levels (the ceiling of its features)."""
+    decoder should beat it) and from the frozen backbone's levels (the ceiling of its features).
+    Rank 0 alone: the fits are on a few thousand images."""
+    if not distributed.is_main():
+        return {}
     n = params.evaluate.probe_train
     train = SplitImages(layout.prepared, "train")
     t_pick = np.arange(len(train) if n <= 0 else min(n, len(train)))
@@ -113,9 +131,12 @@ def semantics(params: Params, layout: Layout, tokenizer: Tokenizer, val: SplitIm
     backbone = build_backbone(params.judge).to(device)
     train = SplitImages(layout.prepared, "train")
     t_pick = evaluation.balanced_subset(train.labels, e.probe_train)
-    clf = fit_probe(evaluation.pooled_backbone(backbone, train.uint8(t_pick), device), train.labels[t_pick])
-    val_bb = evaluation.pooled_backbone(backbone, val.uint8(np.arange(len(val))), device)
-    sample_bb = evaluation.pooled_backbone(backbone, sample_images, device)
+    train_bb, val_bb, sample_bb = (evaluation.pooled_backbone(backbone, images, device, split=True)
+                                   for images in (train.uint8(t_pick), val.uint8(np.arange(len(val))),
+                                                  sample_images))
+    if train_bb is None:  # not rank 0
+        return {}
+    clf = fit_probe(train_bb, train.labels[t_pick])
     return {
         "linear_probe_acc": round(evaluation.token_probe(tokenizer, layout, e.probe_train, device), 4),
         "sample_class_acc": round(float((clf.predict(sample_bb) == sample_labels).mean()), 4),
@@ -138,7 +159,7 @@ def evaluate_flow(params_file: str = "params.yaml", root: str = ".") -> dict:
     params = load_params(params_file)
     e, layout = params.evaluate, Layout(Path(root))
     start = time.perf_counter()
-    device = pick_device(e.device)
+    device = distributed.init_from_env(e.device)  # torchrun: image-level work split across ranks
     sample_images, sample_labels = samples.read(layout.samples)  # inputs first: fail before work
     tokenizer, _ = load_tokenizer(layout, params, device)
     fid = inception.InceptionFeatures(layout.cache, device=device,
@@ -149,13 +170,18 @@ def evaluate_flow(params_file: str = "params.yaml", root: str = ".") -> dict:
     val_feats = evaluation.val_features(fid, val, pick, e.resolution, layout)
     ref = evaluation.reference(fid, e.reference_npz, e.resolution, val_feats, layout)
 
+    parts = [  # every rank runs every task (they share the image-level work); rank 0 scores
+        generation(fid, ref, sample_images, s_pick, e.resolution, e.kid_subset_size),
+        reconstruction(params, layout, tokenizer, fid, val, val_feats, pick, device),
+        readouts(params, layout, tokenizer, val, device),
+        semantics(params, layout, tokenizer, val, pick, sample_images, sample_labels, s_pick, device),
+    ]
+    if not distributed.is_main():
+        return {}
     metrics = {
         "tokenizer_kind": params.tokenizer.kind,
         "tokens_per_image": params.tokenizer.n_tokens,
-        **generation(fid, ref, sample_images, s_pick, e.resolution, e.kid_subset_size),
-        **reconstruction(params, layout, tokenizer, fid, val, val_feats, pick, device),
-        **readouts(params, layout, tokenizer, val, device),
-        **semantics(params, layout, tokenizer, val, pick, sample_images, sample_labels, s_pick, device),
+        **{k: v for part in parts for k, v in part.items()},
         "fid_reference": ref.name,
         "fid_resolution": e.resolution or val.resolution,
         "fid_images": int(len(pick)),

@@ -24,10 +24,10 @@ from pipeline.layout import Layout
 from pipeline.params import Params, load_params
 from pipeline.reporting import grids
 from pipeline.trained import load_generator, load_tokenizer
-from vfmtok import files
+from vfmtok import distributed, files
 from vfmtok.generate import generate, sample_seeds
 from vfmtok.images import to_uint8
-from vfmtok.runtime import autocast, pick_device
+from vfmtok.runtime import autocast
 from vfmtok.transformer import Generator
 
 
@@ -72,18 +72,22 @@ def _save_grids(layout: Layout, images: np.ndarray, classes: list[dict], per_cla
 def sample_flow(params_file: str = "params.yaml", root: str = ".") -> dict:
     params = load_params(params_file)
     s, layout = params.sample, Layout(Path(root))
-    device = pick_device(s.device)
+    device = distributed.init_from_env(s.device)  # torchrun: the fixed batches split across ranks
     classes = prepared.read_classes(layout.prepared)
     gpt = load_generator(layout, params, len(classes), device)
     tokenizer, _ = load_tokenizer(layout, params, device)
     labels = torch.arange(len(classes)).repeat_interleave(s.per_class)
 
-    start, decoded = time.perf_counter(), []
-    for i in range(0, len(labels), s.batch_size):
-        ids = _generate(gpt, labels[i : i + s.batch_size].to(device), params, True, i)
+    def draw(idx: np.ndarray) -> np.ndarray:  # a batch of samples, (B, H, W, 3) uint8
+        ids = _generate(gpt, labels[idx].to(device), params, True, int(idx[0]))
         with torch.no_grad(), autocast(device):
-            decoded.append(to_uint8(tokenizer.decode(ids)))
+            return to_uint8(tokenizer.decode(ids))
+
+    start = time.perf_counter()
+    decoded = distributed.map_batches(draw, len(labels), s.batch_size)  # rank 0 gets them all
     seconds = time.perf_counter() - start
+    if not distributed.is_main():
+        return {}
     images = np.concatenate(decoded)
     samples.write(layout.samples, images, labels.numpy())
     _save_grids(layout, images, classes, s.per_class)
