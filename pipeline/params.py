@@ -47,6 +47,11 @@ class PrepareParams:
     workers: int = field(default=0, metadata={"min": 0, **NEUTRAL})  # decode processes; 0 = in-process
     devkit: str = ""  # ImageNet flat val/: ILSVRC2012 devkit dir (data/meta.mat + ground truth)
     val_fraction: float = field(default=0.1, metadata={"min": 0.0, "max": 0.9})  # imagefolder
+    # How shards store images: "raw" uint8 arrays (.npy, no decoding) or "jpeg" (WebDataset-style
+    # .tar of JPEGs re-encoded at `resolution`, ~8x smaller at 336 px, decoded on read).
+    encoding: Literal["raw", "jpeg"] = "raw"
+    jpeg_quality: int = field(default=95, metadata={"min": 1, "max": 100})
+    jpeg_subsampling: Literal["4:4:4", "4:2:2", "4:2:0"] = "4:2:0"
 
 
 @dataclass(kw_only=True)
