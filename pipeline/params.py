@@ -81,6 +81,8 @@ class ARModelParams(GPTRegularization):
     from the tokenizer and the data (:meth:`gpt_config`)."""
 
     model: str
+    # "zero" for GPTs imported from VFMTok / LlamaGen (vfmtok.config.GPTConfig.cls_rope)
+    cls_rope: Literal["identity", "zero"] = "identity"
 
     def validate(self) -> None:
         if self.model not in GPT_SIZES:
@@ -89,7 +91,7 @@ class ARModelParams(GPTRegularization):
     def gpt_config(self, vocab_size: int, n_tokens: int, num_classes: int) -> GPTConfig:
         reg = {f: getattr(self, f) for f in GPTRegularization.__dataclass_fields__}
         return GPTConfig(**GPT_SIZES[self.model], **reg, vocab_size=vocab_size, n_tokens=n_tokens,
-                         num_classes=num_classes)
+                         num_classes=num_classes, cls_rope=self.cls_rope)
 
 
 @dataclass(kw_only=True)

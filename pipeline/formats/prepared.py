@@ -81,11 +81,12 @@ class PreparedWriter:
                   for o, d in zip(offsets, data, strict=True)]
         members = [{"key": f"{i:06d}", "image_id": iid, "label": int(lbl), **p}
                    for i, (iid, lbl, p) in enumerate(zip(image_ids, labels, placed, strict=True))]
-        files.write_json(self.folder / IMAGES / shard_manifest_name(name), {
-            "format": SHARD_FORMAT, "version": SHARD_VERSION, "shard": name, **self.codec.describe(),
-            "count": len(data), "bytes": path.stat().st_size, "sha256": files.sha256_file(path),
-            "members": members,
-        })  # fmt: skip
+        meta = {"format": SHARD_FORMAT, "version": SHARD_VERSION, "shard": name, **self.codec.describe(),
+                "count": len(data), "bytes": path.stat().st_size, "sha256": files.sha256_file(path),
+                "members": members}
+        # compact (one line): Python's fast JSON encoder only runs without indentation
+        text = json.dumps(meta, sort_keys=True, separators=(",", ":")) + "\n"
+        files.write_text(self.folder / IMAGES / shard_manifest_name(name), text)
         return placed
 
     def finish(self, rows: list[dict], classes: list[tuple[str, str]]) -> None:

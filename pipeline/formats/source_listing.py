@@ -19,14 +19,15 @@ from pathlib import Path
 
 from pipeline.errors import SourceError
 from pipeline.sources.items import SourceIndex
+from pipeline.sources.walk import relative
 from vfmtok import files
 
 HEADER = "# vfmtok source listing v1"
 
 
 def _rel(path: str, root: Path) -> str:
-    p = Path(path)
-    return p.relative_to(root).as_posix() if p.is_relative_to(root) else p.as_posix()
+    rel = relative(path, root)
+    return Path(path).as_posix() if rel is None else rel
 
 
 def entries(index: SourceIndex, root: str | Path) -> dict[str, str]:

@@ -4,12 +4,13 @@ a stable hash of each file's id."""
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.errors import SourceError
 from pipeline.sources.items import Skipped, SourceFile, SourceIndex, SourceItem
-from pipeline.sources.walk import image_files, subdirs
+from pipeline.sources.walk import image_files, relative, subdirs
 
 
 def class_dirs(folder: Path, skipped: list[Skipped]) -> list[Path]:
@@ -21,7 +22,10 @@ def class_dirs(folder: Path, skipped: list[Skipped]) -> list[Path]:
 
 def image_id(root: Path, path: str) -> str:
     """``train/<class>/<stem>``: the path under the source root, without the extension."""
-    return Path(path).relative_to(root).with_suffix("").as_posix()
+    rel = relative(path, root)
+    if rel is None:
+        raise ValueError(f"{path} is not under {root}")
+    return os.path.splitext(rel)[0]
 
 
 def items_from_class_dirs(root: Path, split: str, dirs: list[Path], labels: dict[str, int],
