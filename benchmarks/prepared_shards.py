@@ -45,7 +45,7 @@ from pipeline.formats.image_shards import Codec  # noqa: E402
 from vfmtok.metrics import batch_psnr  # noqa: E402
 
 RESOLUTION, IMAGENET_TRAIN, WORKERS = 336, 1_281_167, 16
-SETTINGS = [("raw", 95, "4:2:0"), ("jpeg", 90, "4:2:0"), ("jpeg", 95, "4:2:0"), ("jpeg", 95, "4:4:4")]
+SETTINGS = [("raw", 95, "yuv420"), ("jpeg", 90, "yuv420"), ("jpeg", 95, "yuv420"), ("jpeg", 95, "yuv444")]
 
 
 def photos() -> list[np.ndarray]:
@@ -92,7 +92,7 @@ def measure(items: list[sources.SourceItem], codec: Codec, work: Path, repeats: 
             reference: np.ndarray) -> dict:
     pixels = [sources.load_rgb(it, RESOLUTION) for it in items]
     data = [codec.encode(p) for p in pixels]
-    folder = work / f"{codec.encoding}-{codec.quality}-{codec.subsampling.replace(':', '')}"
+    folder = work / f"{codec.encoding}-{codec.quality}-{codec.subsampling}"
     writer = prepared.PreparedWriter(folder, codec)
     name = prepared.shard_name("train", 0, codec.encoding)
     placed = writer.write_shard(name, data, [it.image_id for it in items], [it.label for it in items])

@@ -51,7 +51,9 @@ class PrepareParams:
     # .tar of JPEGs re-encoded at `resolution`, ~8x smaller at 336 px, decoded on read).
     encoding: Literal["raw", "jpeg"] = "raw"
     jpeg_quality: int = field(default=95, metadata={"min": 1, "max": 100})
-    jpeg_subsampling: Literal["4:4:4", "4:2:2", "4:2:0"] = "4:2:0"
+    # chroma subsampling 4:2:0 / 4:2:2 / 4:4:4 (spelled so that no YAML reader takes "4:2:0" for
+    # the base-60 number 14520)
+    jpeg_subsampling: Literal["yuv420", "yuv422", "yuv444"] = "yuv420"
 
 
 @dataclass(kw_only=True)

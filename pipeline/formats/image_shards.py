@@ -31,7 +31,7 @@ from vfmtok import files
 
 Encoding = Literal["raw", "jpeg"]
 SUFFIX = {"raw": ".npy", "jpeg": ".tar"}
-SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
+SUBSAMPLING = {"yuv444": 0, "yuv422": 1, "yuv420": 2}  # Pillow's codes for 4:4:4, 4:2:2, 4:2:0
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Codec:
     encoding: Encoding
     resolution: int
     quality: int = 95
-    subsampling: str = "4:2:0"
+    subsampling: str = "yuv420"
 
     def encode(self, pixels: np.ndarray) -> bytes:
         """(H, W, 3) uint8 -> stored bytes (the raw pixels, or a JPEG file)."""
