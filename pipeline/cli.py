@@ -59,6 +59,17 @@ def _parser() -> argparse.ArgumentParser:
                      help="run the two DVC experiments first (otherwise read existing ones)")
     rvr.add_argument("--gpt", default="GPT-Tiny", help="the raster GPT (default: GPT-Tiny)")
     rvr.add_argument("--rar", default="RAR-Tiny", help="the RAR of the same size (default: RAR-Tiny)")
+    imp = sub.add_parser("import-weights", help="released VFMTok / LlamaGen checkpoints -> data/tokenizer, "
+                         "data/gpt (see README: Importing released weights)")
+    imp.add_argument("--tokenizer", metavar="FILE", help="VFMTok's vfmtok-tokenizer.pt")
+    imp.add_argument("--gpt", metavar="FILE", help="VFMTok's GPT-*-*e.pt or LlamaGen's c2i_*_*.pt")
+    imp.add_argument("--n-tokens", type=int, default=256, help="the GPT's tokens per image: 256, or 576 for "
+                     "LlamaGen's c2i_*_384.pt (default 256)")
+    imp.add_argument("--backbone-weights", metavar="FILE", help="DINOv2 ViT-L/14-reg4 weights for the "
+                     "tokenizer (default: backbone.weights of the params file)")
+    imp.add_argument("--weights", choices=["ema", "model"], default="ema",
+                     help="which weights of a training checkpoint (default: ema when present)")
+    imp.add_argument("--params", default="params.yaml")
     rep = sub.add_parser("reproduce", help="dvc repro as one Prefect flow, a task per stage")
     rep.add_argument("targets", nargs="*", help="stages to update, with their upstream (default: all)")
     srv = sub.add_parser("serve", help="serve the scheduled retrain (a named `dvc exp run` per run)")
@@ -98,6 +109,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         from pipeline.experiments.rar_vs_raster import rar_vs_raster
 
         print(f"wrote {rar_vs_raster(args.root, args.gpt, args.rar, run_first=args.run)}")
+    elif args.command == "import-weights":
+        from pipeline.import_weights import run
+
+        for line in run(args.root, args.params, args.tokenizer, args.gpt, args.n_tokens,
+                        args.backbone_weights, args.weights):
+            print(line)
     elif args.command == "reproduce":
         from pipeline.orchestration.flows import reproduce_flow
 

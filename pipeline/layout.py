@@ -21,6 +21,11 @@ class Layout:
         return self.root / "data"
 
     @property
+    def source_listing(self) -> Path:
+        """What DVC tracks of the image source instead of its tree (paths, sizes, mtimes)."""
+        return self.data / "source_listing.tsv"
+
+    @property
     def prepared(self) -> Path:
         return self.data / "prepared"
 

@@ -50,6 +50,13 @@ class PrepareParams:
     workers: int = field(default=0, metadata={"min": 0, **NEUTRAL})  # decode processes; 0 = in-process
     devkit: str = ""  # ImageNet flat val/: ILSVRC2012 devkit dir (data/meta.mat + ground truth)
     val_fraction: float = field(default=0.1, metadata={"min": 0.0, "max": 0.9})  # imagefolder
+    # How shards store images: "raw" uint8 arrays (.npy, no decoding) or "jpeg" (WebDataset-style
+    # .tar of JPEGs re-encoded at `resolution`, ~8x smaller at 336 px, decoded on read).
+    encoding: Literal["raw", "jpeg"] = "raw"
+    jpeg_quality: int = field(default=95, metadata={"min": 1, "max": 100})
+    # chroma subsampling 4:2:0 / 4:2:2 / 4:4:4 (spelled so that no YAML reader takes "4:2:0" for
+    # the base-60 number 14520)
+    jpeg_subsampling: Literal["yuv420", "yuv422", "yuv444"] = "yuv420"
 
 
 @dataclass(kw_only=True)
@@ -80,6 +87,8 @@ class ARModelParams(GPTRegularization):
     the tokenizer and the data (:meth:`model_config`)."""
 
     model: str
+    # "zero" for GPTs imported from VFMTok / LlamaGen (vfmtok.config.GPTConfig.cls_rope)
+    cls_rope: Literal["identity", "zero"] = "identity"
 
     @property
     def family(self) -> str:
@@ -89,10 +98,13 @@ class ARModelParams(GPTRegularization):
     def validate(self) -> None:
         if not self.family:
             generator_config(self.model)  # raises, naming every known size
+        if self.family == "rar" and self.cls_rope != "identity":
+            raise ConfigError("cls_rope", self.cls_rope, "is a GPT option (imported LlamaGen/VFMTok GPTs)")
 
     def model_config(self, vocab_size: int, n_tokens: int, num_classes: int) -> GPTConfig | RARConfig:
         reg = {f: getattr(self, f) for f in GPTRegularization.__dataclass_fields__}
-        return generator_config(self.model, **reg, vocab_size=vocab_size, n_tokens=n_tokens,
+        extra = {"cls_rope": self.cls_rope} if self.family == "gpt" else {}
+        return generator_config(self.model, **reg, **extra, vocab_size=vocab_size, n_tokens=n_tokens,
                                 num_classes=num_classes)
 
 

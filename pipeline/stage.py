@@ -16,7 +16,8 @@ from collections.abc import Callable
 
 from pipeline import errors, prefect_env
 
-STAGES = ["prepare", "extract_features", "train_tokenizer", "tokenize", "train_ar", "sample", "evaluate"]
+STAGES = ["list_source", "prepare", "extract_features", "train_tokenizer", "tokenize", "train_ar", "sample",
+          "evaluate"]
 
 
 def module_name(stage: str) -> str:

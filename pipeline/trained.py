@@ -9,8 +9,15 @@ import torch
 from pipeline.layout import Layout
 from pipeline.params import Params
 from vfmtok import generators, pretrained
+from vfmtok.config import BackboneConfig, GPTConfig, RARConfig, TokenizerConfig
 from vfmtok.tokenizer import Tokenizer
 from vfmtok.typed import to_dict
+
+
+def _stored(folder, meta: dict, name: str, cls: type) -> dict:
+    """A stored config section with the defaults of fields added since it was written filled in
+    (a folder from before a new switch existed was built with the switch's default)."""
+    return to_dict(pretrained.section(meta, name, cls, folder))
 
 
 def load_tokenizer(layout: Layout, params: Params, device: torch.device,
@@ -18,9 +25,11 @@ def load_tokenizer(layout: Layout, params: Params, device: torch.device,
     """The EMA tokenizer of ``data/tokenizer`` (eval mode) and its weights' sha256."""
     folder = layout.tokenizer
     meta = pretrained.read_config(folder, "tokenizer")
-    pretrained.require_same(folder, "tokenizer", meta["tokenizer"], to_dict(params.tokenizer), "params.yaml")
+    pretrained.require_same(folder, "tokenizer", _stored(folder, meta, "tokenizer", TokenizerConfig),
+                            to_dict(params.tokenizer), "params.yaml")
     if params.tokenizer.kind == "vfmtok":
-        pretrained.require_same(folder, "backbone", meta["backbone"], to_dict(params.backbone), "params.yaml")
+        pretrained.require_same(folder, "backbone", _stored(folder, meta, "backbone", BackboneConfig),
+                                to_dict(params.backbone), "params.yaml")
     model = Tokenizer.from_pretrained(folder, device, backbone=backbone)
     return model, str(meta["weights_sha256"])
 
@@ -33,5 +42,6 @@ def load_generator(layout: Layout, params: Params, num_classes: int,
     meta = pretrained.read_config(folder, family)  # a folder of the other family: named here
     expected = params.ar_model.model_config(params.tokenizer.codebook_size, params.tokenizer.n_tokens,
                                             num_classes)
-    pretrained.require_same(folder, family, meta[family], to_dict(expected), "params.yaml")
+    stored = _stored(folder, meta, family, {"gpt": GPTConfig, "rar": RARConfig}[family])
+    pretrained.require_same(folder, family, stored, to_dict(expected), "params.yaml")
     return generators.FAMILIES[family].from_pretrained(folder, device)

@@ -36,23 +36,26 @@ def test_closure_follows_lazy_relative_and_package_imports(tmp_path):
 
 
 def test_a_missing_module_is_reported(tmp_path):
-    for rel in deps.stage_modules(REPO, "prepare"):
+    for rel in {*deps.stage_modules(REPO, "list_source"), *deps.stage_modules(REPO, "prepare")}:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text((REPO / rel).read_text())
     text = (REPO / "dvc.yaml").read_text()
-    prepare_only = text[: text.index("\n  extract_features:")].replace("      - pipeline/sources.py\n", "")
+    prepare_only = text[: text.index("\n  extract_features:")]
+    prepare_only = prepare_only.replace("      - pipeline/sources/walk.py\n", "")
     (tmp_path / "dvc.yaml").write_text(prepare_only)
-    assert deps.missing(tmp_path) == {"prepare": ["pipeline/sources.py"]}
+    assert deps.missing(tmp_path) == {"list_source": ["pipeline/sources/walk.py"],
+                                      "prepare": ["pipeline/sources/walk.py"]}
     deps.write(tmp_path)
     assert deps.missing(tmp_path) == {}
     written = yaml.safe_load((tmp_path / "dvc.yaml").read_text())["stages"]["prepare"]
-    assert written["deps"][0] == "${prepare.path}" and "prepare.resolution" in written["params"]
+    assert written["deps"][0] == "data/source_listing.tsv" and "prepare.resolution" in written["params"]
 
 
 def test_dvc_outputs_are_layout_paths():
     layout = Layout(REPO)
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    known = {layout.prepared, layout.features, layout.tokenizer, layout.tokens, layout.gpt, layout.samples,
+    known = {layout.source_listing, layout.prepared, layout.features, layout.tokenizer, layout.tokens,
+             layout.gpt, layout.samples,
              layout.checkpoints("tokenizer"), layout.checkpoints("gpt"), layout.sample_grids,
              layout.picture("tokenizer_recon"), layout.picture("samples"), layout.picture("error_map"),
              *(layout.metrics_table(s) for s in ("json", "md", "csv")),

@@ -1,9 +1,12 @@
-"""idx parsing, source scanning and image decoding (no Prefect involved)."""
+"""idx parsing, source scanning (every layout, every awkward entry), the listing and image decoding
+(no Prefect involved)."""
 
 from __future__ import annotations
 
 import gzip
+import os
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +14,7 @@ from PIL import Image
 
 from pipeline import sources
 from tests.conftest import FASHION_MNIST
+from tests.imagenet_trees import VAL_WNIDS, WNIDS, devkit_tree, jpeg, kaggle_tree
 
 
 def _idx_bytes(arr: np.ndarray) -> bytes:
@@ -128,3 +132,128 @@ def test_broken_files_raise_bad_image(tmp_path):
     for name in ("trunc.JPEG", "text.JPEG"):
         with pytest.raises(sources.BadImage):
             sources.load_rgb(sources.SourceItem(name, "train", 0, str(tmp_path / name)), 16)
+
+
+# ---------------------------------------------------------------------------- robust walking
+
+
+def test_walk_lists_loops_broken_links_unreadable_folders_and_special_files(tmp_path, monkeypatch):
+    from pipeline.sources import walk
+
+    cls = tmp_path / "train" / "a"
+    cls.mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(cls / "ok.png")
+    (cls / "deep" / "er").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(cls / "deep" / "er" / "nested.png")
+    os.symlink("../..", cls / "deep" / "up")  # back to train/: a loop through an enclosing folder
+    os.symlink("self.png", cls / "self.png")  # a link to itself
+    os.symlink("missing.png", cls / "gone.png")
+    os.mkfifo(cls / "pipe.png")
+    (cls / "locked").mkdir()
+    (tmp_path / "train" / "b").symlink_to(cls)  # a class folder that links elsewhere is followed
+    real_scandir = os.scandir
+
+    def scandir(path):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(walk.os, "scandir", scandir)
+    index = sources.scan("imagefolder", tmp_path)
+    assert [it.image_id for it in index.items] == ["train/a/deep/er/nested", "train/a/ok",
+                                                   "train/b/deep/er/nested", "train/b/ok"]
+    reasons = {str(Path(s.source_path).relative_to(tmp_path)): s.reason for s in index.skipped}
+    loop = "symlink loop: links to an enclosing folder"
+    assert reasons["train/a/deep/up"] == reasons["train/b/deep/up"] == loop
+    assert reasons["train/a/self.png"] == "symlink loop" and reasons["train/a/gone.png"] == "broken symlink"
+    assert reasons["train/a/pipe.png"] == "not a regular file"
+    assert reasons["train/a/locked"].startswith("PermissionError: cannot list folder")
+    assert {Path(f.path).name for f in index.files} == {"ok.png", "nested.png"} and len(index.files) == 4
+
+
+def test_a_class_folder_linking_to_its_parent_is_a_listed_loop(tmp_path):
+    for c in ("a", "b"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "train" / c / "x.png")
+    (tmp_path / "train" / "c").symlink_to(".")
+    index = sources.scan("imagefolder", tmp_path)
+    assert [c for c, _ in index.classes] == ["a", "b"]
+    assert [(Path(s.source_path).name, s.reason) for s in index.skipped] == [
+        ("c", "symlink loop: links to an enclosing folder")]
+
+
+# ---------------------------------------------------------------------------- ImageNet layouts
+
+
+def test_kaggle_layout_from_its_root_or_from_cls_loc(tmp_path):
+    root = kaggle_tree(tmp_path / "kaggle")
+    for path in (root, root / "ILSVRC" / "Data" / "CLS-LOC"):
+        index = sources.scan("imagenet", path)
+        assert index.layout == "imagenet/kaggle"
+        assert index.classes == [(WNIDS[0], "tench"), (WNIDS[1], "goldfish")]
+        val = [(it.image_id, it.label) for it in index.items if it.split == "val"]
+        assert val == [(f"val/ILSVRC2012_val_{n:08d}", WNIDS.index(w)) for n, w in enumerate(VAL_WNIDS, 1)]
+        names = {Path(f.path).name for f in index.files}
+        assert {"LOC_val_solution.csv", "LOC_synset_mapping.txt"} <= names
+        assert not any("test" in it.image_id for it in index.items)
+
+
+def test_kaggle_and_devkit_label_problems(tmp_path):
+    root = kaggle_tree(tmp_path / "k")
+    val = root / "ILSVRC" / "Data" / "CLS-LOC" / "val"
+    jpeg(val / "ILSVRC2012_val_00000009.JPEG", (1, 2, 3))  # not in the CSV: skipped and listed
+    index = sources.scan("imagenet", root)
+    assert [(Path(s.source_path).name, s.reason.split(" in ")[0]) for s in index.skipped] == [
+        ("ILSVRC2012_val_00000009.JPEG", "no row for it")]
+    csv_file = root / "LOC_val_solution.csv"
+    csv_file.write_text(csv_file.read_text() + "ILSVRC2012_val_00000009,n99999999 1 2 3 4\n")
+    with pytest.raises(sources.SourceError, match=r"LOC_val_solution.csv: row 5: class 'n99999999'"):
+        sources.scan("imagenet", root)
+    csv_file.write_text("id,label\n")
+    with pytest.raises(sources.SourceError, match="expected the columns ImageId,PredictionString"):
+        sources.scan("imagenet", root)
+
+    devkit = devkit_tree(tmp_path / "d")
+    gt = devkit / "data" / "ILSVRC2012_validation_ground_truth.txt"
+    gt.write_text("2\n1\n")  # image 3 has no line
+    index = sources.scan("imagenet", tmp_path / "d", devkit=str(devkit))
+    assert index.layout == "imagenet/devkit"
+    assert [it.label for it in index.items if it.split == "val"] == [0, 1]
+    assert [Path(s.source_path).name for s in index.skipped] == ["ILSVRC2012_val_00000003.JPEG"]
+    gt.write_text("7\n1\n1\n")
+    with pytest.raises(sources.SourceError, match=r"ground_truth.txt: line 1: ILSVRC2012_ID 7"):
+        sources.scan("imagenet", tmp_path / "d", devkit=str(devkit))
+
+
+def test_flat_val_without_labels_names_both_layouts(tmp_path):
+    devkit_tree(tmp_path)
+    with pytest.raises(sources.SourceError, match=r"needs prepare.devkit .* LOC_val_solution.csv"):
+        sources.scan("imagenet", tmp_path)
+
+
+# ---------------------------------------------------------------------------- the listing
+
+
+def test_listing_round_trip_and_diff(tmp_path):
+    from pipeline.formats import source_listing
+
+    root = kaggle_tree(tmp_path / "k")
+    os.symlink("missing.JPEG", root / "ILSVRC" / "Data" / "CLS-LOC" / "train" / WNIDS[0] / "x.JPEG")
+    index = sources.scan("imagenet", root)
+    path = tmp_path / "listing.tsv"
+    source_listing.write(path, index, "imagenet", root)
+    entries = source_listing.read(path)
+    assert entries == source_listing.entries(index, root)
+    size = (root / "LOC_val_solution.csv").stat().st_size
+    assert entries["LOC_val_solution.csv"].split("\t")[0] == str(size)
+    assert entries[f"ILSVRC/Data/CLS-LOC/train/{WNIDS[0]}/x.JPEG"] == "!\tbroken symlink"
+    lines = path.read_text().splitlines()
+    assert lines[1:] == sorted(lines[1:]) and len(lines) == 1 + len(index.files) + len(index.skipped)
+    changed = dict(entries, **{"new.JPEG": "1\t2"})
+    changed.pop("LOC_synset_mapping.txt")
+    changed["LOC_val_solution.csv"] = "0\t0"
+    assert source_listing.diff(entries, changed) == {
+        "added": ["new.JPEG"], "removed": ["LOC_synset_mapping.txt"], "changed": ["LOC_val_solution.csv"]}
+    path.write_text("not a listing\n")
+    with pytest.raises(sources.SourceError, match="not a source listing"):
+        source_listing.read(path)

@@ -108,6 +108,13 @@ class TokenizerConfig:
     # Not in the paper: without it short runs at demo scale collapse to 1-2 codes within ~20 Adam
     # steps (the pre-quant vectors share one large component that the first updates amplify).
     quant_batchnorm: bool = True
+    # Two switches that make this model compute exactly what the public VFMTok code computes, so
+    # its released weights can be imported (vfmtok.public_weights); the defaults are this project's.
+    # The anchor encoder's causal self-attention adds the query positions to its values as well
+    # (the public code does; DETR adds them to queries and keys only).
+    enc_pos_on_values: bool = False
+    # A LayerNorm on each decoder branch's outputs (the public decoder has none).
+    dec_out_norm: bool = True
 
     @property
     def grid(self) -> int:
@@ -223,6 +230,10 @@ class GPTConfig(GPTRegularization):
     rope_base: float = field(default=10000.0, metadata=_range(1.0))
     num_classes: int = field(default=1000, metadata=_range(1))
     init_std: float = field(default=0.02, metadata=_range(0.0))
+    # What 2D RoPE does to the class token: "identity" leaves it unrotated; "zero" zeroes its query
+    # and key, as LlamaGen's table (zero rows for the class token) does: the released LlamaGen and
+    # VFMTok GPTs were trained that way (vfmtok.public_weights imports them with "zero").
+    cls_rope: Literal["identity", "zero"] = "identity"
 
     @property
     def kv_heads(self) -> int:
@@ -259,7 +270,7 @@ GPT_SIZES: dict[str, dict] = {
     "GPT-L": dict(n_layer=24, n_head=16, dim=1024),  # 343M
     "GPT-XL": dict(n_layer=36, n_head=20, dim=1280),  # 775M
     "GPT-XXL": dict(n_layer=48, n_head=24, dim=1536),  # 1.4B
-    "GPT-2B": dict(n_layer=48, n_head=30, dim=1920),  # 2.2B (VFMTok's size; head dim 64)
+    "GPT-2B": dict(n_layer=48, n_head=32, dim=1920),  # 2.2B (VFMTok's GPT_2B: 32 heads of 60)
     "GPT-3B": dict(n_layer=24, n_head=32, dim=3200),  # 3.1B
 }
 

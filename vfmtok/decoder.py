@@ -79,12 +79,13 @@ class DecoderBlock(nn.Module):
 class _Branch(nn.Module):
     """What differs between the pixel and the semantic branch: mask token, positions, norms."""
 
-    def __init__(self, dim: int, n_positions: int) -> None:
+    def __init__(self, dim: int, n_positions: int, out_norm: bool = True) -> None:
         super().__init__()
         scale = dim**-0.5
         self.mask = nn.Parameter(torch.randn(1, 1, dim) * scale)
         self.pos = nn.Parameter(torch.randn(1, n_positions, dim) * scale)
-        self.norm_in, self.norm_out = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.norm_in = nn.LayerNorm(dim)
+        self.norm_out = nn.LayerNorm(dim) if out_norm else nn.Identity()
 
 
 class ViTDecoder(nn.Module):
@@ -95,11 +96,13 @@ class ViTDecoder(nn.Module):
         pixel_grid: G; the pixel branch returns a (B, D, G, G) map for the conv decoder.
         semantic_shape / semantic_channels: (S_h, S_w) and C of the backbone's last level, or
             None / 0 for no semantic branch (the pixel-only baseline, or semantic=False).
+        out_norm: a LayerNorm on each branch's outputs (False: none, as in the public code).
     """
 
     def __init__(
         self, dim: int, layers: int, n_heads: int, ffn_dim: int, n_slots: int, pixel_grid: int,
         n_registers: int, semantic_shape: tuple[int, int] | None = None, semantic_channels: int = 0,
+        out_norm: bool = True,
     ) -> None:  # fmt: skip
         super().__init__()
         scale = dim**-0.5
@@ -109,12 +112,12 @@ class ViTDecoder(nn.Module):
         self.cls = nn.Parameter(torch.randn(1, 1, dim) * scale)
         self.registers = nn.Parameter(torch.randn(1, n_registers, dim) * scale)
         self.blocks = nn.ModuleList(DecoderBlock(dim, n_heads, ffn_dim) for _ in range(layers))
-        self.pixel = _Branch(dim, pixel_grid * pixel_grid)
+        self.pixel = _Branch(dim, pixel_grid * pixel_grid, out_norm)
         self.semantic_shape = tuple(semantic_shape) if semantic_shape else None
         self.semantic: _Branch | None = None
         self.semantic_head: nn.Linear | None = None
         if self.semantic_shape is not None:
-            self.semantic = _Branch(dim, self.semantic_shape[0] * self.semantic_shape[1])
+            self.semantic = _Branch(dim, self.semantic_shape[0] * self.semantic_shape[1], out_norm)
             self.semantic_head = nn.Linear(dim, semantic_channels)
         self._init_linears()
 
@@ -126,7 +129,7 @@ class ViTDecoder(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def _run(self, slots: Tensor, branch: _Branch) -> Tensor:
-        """slots (B, N, D) -> the branch's M mask-token outputs (B, M, D), out-normed."""
+        """slots (B, N, D) -> the branch's M mask-token outputs (B, M, D), out-normed if so built."""
         B = slots.shape[0]
         memory = self.norm_slots(slots + self.slot_pos)  # (B, N, D)
         masks = branch.mask + branch.pos  # (1, M, D)

@@ -65,12 +65,13 @@ class FeedForward(nn.Module):
         return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
 
 
-def rope_2d_tables(grid: int, head_dim: int, base: float) -> tuple[Tensor, Tensor]:
+def rope_2d_tables(grid: int, head_dim: int, base: float, cls: str = "identity") -> tuple[Tensor, Tensor]:
     """cos/sin tables (1 + grid*grid, head_dim // 2) for interleaved channel pairs.
 
-    Row 0 is the class token: cos 1, sin 0, i.e. the identity (LlamaGen writes zeros there, which
-    zeroes the class token's query and key instead of leaving them unrotated). The first half of
-    the pairs rotates with the grid row, the second half with the column.
+    Row 0 is the class token: cos 1, sin 0, i.e. the identity; ``cls="zero"`` writes zeros there
+    as LlamaGen does, which zeroes the class token's query and key (what its released weights,
+    and VFMTok's, were trained with). The first half of the pairs rotates with the grid row, the
+    second half with the column.
     """
     quarter = head_dim // 4
     inv_freq = 1.0 / (base ** (torch.arange(quarter, dtype=torch.float32) * 2 / (head_dim // 2)))
@@ -80,7 +81,10 @@ def rope_2d_tables(grid: int, head_dim: int, base: float) -> tuple[Tensor, Tenso
     cols = ang[None, :, :].expand(grid, grid, quarter)
     angles = torch.cat([rows, cols], dim=-1).reshape(grid * grid, 2 * quarter)  # (T, Dh/2)
     angles = torch.cat([torch.zeros(1, 2 * quarter), angles])  # (1 + T, Dh/2)
-    return angles.cos(), angles.sin()
+    cos, sin = angles.cos(), angles.sin()
+    if cls == "zero":
+        cos[0] = 0.0
+    return cos, sin
 
 
 class Block(nn.Module):
@@ -118,7 +122,7 @@ class GPT(Generator):
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
-        cos, sin = rope_2d_tables(math.isqrt(cfg.n_tokens), cfg.head_dim, cfg.rope_base)
+        cos, sin = rope_2d_tables(math.isqrt(cfg.n_tokens), cfg.head_dim, cfg.rope_base, cfg.cls_rope)
         self.register_buffer("rope_cos", cos, persistent=False)  # (1 + T, Dh/2)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()

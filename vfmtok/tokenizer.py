@@ -65,10 +65,15 @@ class LevelProjection(nn.Module):
 
 class AnchorEncoderLayer(nn.Module):
     """Post-norm: deformable attention to the levels -> add&LN -> causal self-attention over the
-    queries -> add&LN -> ReLU FFN -> add&LN (Deformable-DETR encoder layer + a causal mixer)."""
+    queries -> add&LN -> ReLU FFN -> add&LN (Deformable-DETR encoder layer + a causal mixer).
 
-    def __init__(self, dim: int, n_levels: int, n_heads: int, n_points: int, ffn_dim: int) -> None:
+    ``pos_on_values``: the self-attention's values see the positions too (the public code's
+    layer), instead of the queries and keys only."""
+
+    def __init__(self, dim: int, n_levels: int, n_heads: int, n_points: int, ffn_dim: int,
+                 pos_on_values: bool = False) -> None:
         super().__init__()
+        self.pos_on_values = pos_on_values
         self.deform = MSDeformAttn(dim, n_levels, n_heads, n_points)
         self.self_attn = SelfAttention(dim, n_heads, causal=True)
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.ReLU(), nn.Linear(ffn_dim, dim))
@@ -76,7 +81,8 @@ class AnchorEncoderLayer(nn.Module):
 
     def forward(self, q: Tensor, pos: Tensor, ref: Tensor, maps: list[Tensor]) -> Tensor:
         q = self.norm1(q + self.deform(q + pos, ref, maps))  # (B, N, D)
-        q = self.norm2(q + self.self_attn(q, pos))
+        mixed = self.self_attn(q + pos) if self.pos_on_values else self.self_attn(q, pos)
+        q = self.norm2(q + mixed)
         return self.norm3(q + self.ffn(q))
 
 
@@ -92,7 +98,7 @@ class AnchorEncoder(nn.Module):
 
     def __init__(
         self, level_channels: list[int], n_tokens: int, dim: int, layers: int, n_heads: int,
-        n_points: int, ffn_dim: int,
+        n_points: int, ffn_dim: int, pos_on_values: bool = False,
     ) -> None:  # fmt: skip
         super().__init__()
         scale = dim**-0.5  # N(0, 1/D)
@@ -102,7 +108,8 @@ class AnchorEncoder(nn.Module):
         self.norm_queries = nn.LayerNorm(dim)
         nn.init.constant_(self.norm_queries.weight, ANCHOR_GAIN)
         self.layers = nn.ModuleList(
-            AnchorEncoderLayer(dim, len(level_channels), n_heads, n_points, ffn_dim) for _ in range(layers)
+            AnchorEncoderLayer(dim, len(level_channels), n_heads, n_points, ffn_dim, pos_on_values)
+            for _ in range(layers)
         )
         self.register_buffer("reference_points", self.reference_grid(math.isqrt(n_tokens)), persistent=False)
         self._reset_parameters()
@@ -152,7 +159,7 @@ class Tokenizer(nn.Module):
         self.post_quant = nn.Linear(cfg.codebook_dim, cfg.dim)
         self.decoder = ViTDecoder(
             cfg.dim, cfg.dec_layers, cfg.n_heads, cfg.dec_ffn_dim, cfg.n_tokens, cfg.pixel_grid,
-            cfg.n_registers, semantic_shape, semantic_ch,
+            cfg.n_registers, semantic_shape, semantic_ch, cfg.dec_out_norm,
         )  # fmt: skip
         self.pixel_decoder = ConvDecoder(cfg.dim, cfg.conv_ch, cfg.conv_mult, cfg.conv_res_blocks)
 
@@ -265,7 +272,7 @@ class VFMTokenizer(Tokenizer):
         self.backbone = backbone  # a registered submodule when it is an nn.Module
         self.encoder = AnchorEncoder(
             self.level_channels, cfg.n_tokens, cfg.dim, cfg.enc_layers, cfg.n_heads, cfg.n_points,
-            cfg.enc_ffn_dim,
+            cfg.enc_ffn_dim, cfg.enc_pos_on_values,
         )  # fmt: skip
         self.register_state_dict_post_hook(_drop_backbone_keys)
         self.register_load_state_dict_pre_hook(_fill_backbone_keys)
