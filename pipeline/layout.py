@@ -45,7 +45,8 @@ class Layout:
         return self.data / "samples"
 
     def checkpoints(self, model: str) -> Path:
-        """``data/checkpoints/<model>`` (tokenizer, gpt): persisted by DVC across runs, for resume."""
+        """``data/checkpoints/<model>`` (tokenizer, gpt), for resume: git-ignored and deliberately not
+        a DVC output, so DVC never deletes them and a clone or ``dvc pull`` without them is current."""
         return self.data / "checkpoints" / model
 
     # -- reports/: metrics, plots and pictures (committed to git)

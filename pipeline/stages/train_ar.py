@@ -23,6 +23,7 @@ from pipeline.formats import prepared, tokens
 from pipeline.layout import Layout
 from pipeline.params import Params, load_params
 from pipeline.reporting.live import open_live
+from pipeline.reporting.progress import Progress
 from pipeline.token_stream import TokenStream, iter_batches
 from vfmtok import distributed, files
 from vfmtok.gpt import GPT
@@ -76,12 +77,14 @@ def fit(params: Params, layout: Layout, device: torch.device) -> Trained:
     model = GPT(gpt_cfg).to(device)
     run_config = {k: result_dict(getattr(params, k)) for k in ("tokenizer", "ar_model", STAGE)}
     run_config["tokens_sha256"] = train.meta.get("tokenizer_sha256")
-    live, val_curve = None, []
+    live, val_curve, progress = None, [], None
 
     def log(step: int, logs: dict[str, float]) -> None:
-        nonlocal live
+        nonlocal live, progress
         if live is None:
             live = open_live(layout.live(STAGE), step)
+            progress = Progress(STAGE, cfg.steps, start=step)
+        progress.update(step, logs)
         live.log_metric("train/loss", logs["loss"])
         live.log_metric("train/lr", logs["lr"])
         if "val_loss" in logs:
@@ -96,6 +99,7 @@ def fit(params: Params, layout: Layout, device: torch.device) -> Trained:
                          on_log=log, run_config=run_config)
     if live is not None:
         live.end()
+        progress.close()
     return Trained(model, steps_run, val_curve, time.perf_counter() - start)
 
 

@@ -1,0 +1,116 @@
+"""An isolated workspace for a retrain: a temporary git clone of the checkout sharing its DVC cache.
+
+A retrain must leave the user's checkout alone (``params.yaml``, ``dvc.lock``, ``reports/``), as
+``dvc exp run --temp`` does, while still running one Prefect task per stage. So it works in a clone
+of the checkout's ``HEAD`` under ``.dvc/tmp/retrain/`` (git-ignored by DVC itself, on the same
+file system, so DVC links instead of copying where it can), whose DVC cache *is* the checkout's:
+current outputs come out of the cache instead of being recomputed, and everything the retrain
+computes lands in the shared cache. The result goes back as a DVC experiment (a git ref under
+``refs/exps``, pushed into the checkout's repository with ``dvc exp push``), never into its
+working tree. The clone is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline import errors
+
+RETRAIN_DIR = Path(".dvc") / "tmp" / "retrain"
+
+
+class WorkspaceError(errors.UserError):
+    """The checkout cannot be cloned for a retrain (not a git repository, no commit, ...)."""
+
+
+IDENTITY = ("vfmtok-pipeline", "vfmtok-pipeline@localhost")  # commits and tags where git has none
+
+
+@functools.cache
+def git_identity() -> tuple[str, str] | None:
+    """The user's git name and email, if configured (a scheduled run may have none)."""
+    try:
+        name, email = (subprocess.run(["git", "config", key], capture_output=True, text=True).stdout.strip()
+                       for key in ("user.name", "user.email"))
+    except OSError:
+        return None
+    return (name, email) if name and email else None
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT__")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    if git_identity() is None:
+        for who in ("AUTHOR", "COMMITTER"):
+            env.setdefault(f"GIT_{who}_NAME", IDENTITY[0])
+            env.setdefault(f"GIT_{who}_EMAIL", IDENTITY[1])
+    return env
+
+
+def run(cwd: Path, *cmd: str) -> str:
+    """``cmd`` in ``cwd``; its stdout, or :class:`WorkspaceError` with the end of its output."""
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        out = " ".join((proc.stderr or proc.stdout).split())[-600:]
+        raise WorkspaceError(f"{cwd}: `{' '.join(cmd)}` exited with {proc.returncode}: {out}")
+    return proc.stdout
+
+
+def head_commit(root: Path) -> str:
+    return run(root, "git", "rev-parse", "--verify", "HEAD^{commit}").strip()
+
+
+def dirty_files(root: Path) -> list[str]:
+    """Tracked files whose working-tree content differs from HEAD (not part of a retrain)."""
+    status = run(root, "git", "status", "--porcelain", "--untracked-files=no")
+    return [line[3:] for line in status.splitlines()]
+
+
+@contextmanager
+def isolated(root: Path, name: str, keep: bool = False) -> Iterator[Path]:
+    """A clone of ``root``'s HEAD that shares ``root``'s DVC cache, with HEAD's outputs checked out
+    from that cache (those missing from it are left for the stages to rebuild); removed on exit
+    unless ``keep``."""
+    root = root.resolve()
+    commit = head_commit(root)
+    cache = run(root, "dvc", "cache", "dir").strip()
+    base = root / RETRAIN_DIR
+    base.mkdir(parents=True, exist_ok=True)
+    clone = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=base))
+    try:
+        run(base, "git", "clone", "--quiet", "--no-checkout", str(root), str(clone))
+        run(clone, "git", "checkout", "--quiet", "--detach", commit)
+        run(clone, "dvc", "cache", "dir", "--local", cache)
+        run(clone, "dvc", "config", "--local", "cache.type", "reflink,hardlink,copy")
+        run(clone, "dvc", "checkout", "--quiet", "--allow-missing")
+        yield clone
+    finally:
+        if not keep:
+            shutil.rmtree(clone, ignore_errors=True)
+
+
+def experiment_commit(clone: Path, name: str) -> str:
+    """The commit of experiment ``name`` in ``clone`` (its ``refs/exps/.../NAME`` ref)."""
+    refs = run(clone, "git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps/")
+    for line in refs.splitlines():
+        sha, ref = line.split(" ", 1)
+        if ref.rsplit("/", 1)[-1] == name:
+            return sha
+    raise WorkspaceError(f"{clone}: no experiment named {name} after `dvc exp save`")
+
+
+def save_experiment(clone: Path, name: str, include: list[str]) -> str:
+    """``dvc exp save -n NAME`` in the clone (the untracked files in ``include`` with it), pushed
+    into the checkout's repository (the clone's ``origin``); returns the experiment's commit."""
+    extra = [a for rel in include if (clone / rel).exists() for a in ("-I", rel)]
+    run(clone, "dvc", "exp", "save", "--quiet", "-n", name, *extra)
+    run(clone, "dvc", "exp", "push", "--quiet", "--no-cache", "origin", name)
+    return experiment_commit(clone, name)
