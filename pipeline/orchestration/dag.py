@@ -48,11 +48,24 @@ def _address(stage) -> str:
     return f"{stage.path_in_repo}:{stage.name}"
 
 
+def _target(root: Path, address: str) -> str:
+    """An absolute DVC target for a stage address (DVC resolves targets against the cwd)."""
+    file, _, name = address.rpartition(":")
+    return f"{root / (file or 'dvc.yaml')}:{name}"
+
+
 def stale_stages(root: str | Path, targets: list[str] | None = None, upstream: bool = True) -> list[str]:
     """The stages (of ``targets`` and, with ``upstream``, everything they depend on; default all)
     that DVC's ``status`` reports as changed: what ``dvc repro`` would run or restore."""
     from dvc.repo import Repo
 
-    with Repo(str(Path(root).resolve())) as repo:
-        changes = repo.status(targets=targets or None, with_deps=upstream and bool(targets))
+    root = Path(root).resolve()
+    with Repo(str(root)) as repo:
+        changes = repo.status(targets=[_target(root, t) for t in targets] if targets else None,
+                              with_deps=upstream and bool(targets))
     return sorted(changes)
+
+
+def is_stale(root: str | Path, stage: str) -> bool:
+    """Whether DVC's ``status`` reports this one stage as changed (its upstream not checked)."""
+    return bool(stale_stages(root, [stage], upstream=False))

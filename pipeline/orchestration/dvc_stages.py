@@ -27,7 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run, task_run
 from prefect.tasks import exponential_backoff
 
-from pipeline.orchestration.dag import Stage, dag_stages, stale_stages
+from pipeline.orchestration.dag import Stage, dag_stages, is_stale
 from pipeline.orchestration.relay import Relay, child_log_env, segments
 from pipeline.orchestration.stage_process import PARENT_ENV, ProcessTimes
 from pipeline.reporting import stage_times
@@ -129,7 +129,7 @@ class StageOutcome:
 def run_stage(root: str, stage: str, api: str | None = None) -> StageOutcome:
     """Bring one stage up to date: nothing when DVC's status says it is current, else
     ``dvc repro --single-item`` (the stage runs as a subflow of this task)."""
-    if stage not in stale_stages(root, [stage], upstream=False):
+    if not is_stale(root, stage):
         get_run_logger().info("stage %s is up to date (dvc status)", stage)
         return StageOutcome("up to date", task_run.run_count, None)
     run = run_dvc(root, ["repro", "--single-item", stage], api, str(task_run.id))

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.params import PromoteParams
-from pipeline.revisions import flatten
+from pipeline.revisions import workspace_metrics
 from vfmtok.typed import ConfigError
 
 PROMOTION_KEY = "vfmtok-promotion"
@@ -39,16 +39,6 @@ def model_artifacts(root: Path) -> list[str]:
     """The ``type: model`` artifacts of ``dvc.yaml``, in file order."""
     spec = yaml.safe_load((root / "dvc.yaml").read_text()) or {}
     return [name for name, a in (spec.get("artifacts") or {}).items() if (a or {}).get("type") == "model"]
-
-
-def metrics_at(root: Path, rev: str | None) -> dict[str, dict]:
-    """``{metrics file: {dotted key: scalar}}`` at commit ``rev`` (None: the workspace)."""
-    from dvc.repo import Repo
-
-    with Repo(str(root)) as repo:
-        shown = repo.metrics.show(revs=[rev] if rev else None)
-    found = shown.get(rev or "workspace", {}).get("data", {})
-    return {f: flatten(v["data"], scalars_only=True) for f, v in sorted(found.items()) if "data" in v}
 
 
 def lookup(metrics: dict[str, dict], name: str) -> float | None:
@@ -103,10 +93,10 @@ def current(root: Path, artifacts: list[str]) -> tuple[str, str] | None:
 
 def decide(root: Path, workspace: Path, head: str, cfg: PromoteParams) -> Decision:
     """Compare the retrain in ``workspace`` with the current model of ``root`` (nothing is written)."""
-    value = lookup(metrics_at(workspace, None), cfg.metric)
+    value = lookup(workspace_metrics(workspace), cfg.metric)
     found = current(root, model_artifacts(root))
     label, commit = found if found else ("HEAD", head)
-    baseline = lookup(metrics_at(root, commit), cfg.metric)
+    baseline = lookup(workspace_metrics(root, commit), cfg.metric)
     promoted, reason = judge(value, baseline, cfg)
     return Decision(promoted, reason, cfg.metric, value, baseline, f"{label} (commit {commit[:7]})")
 

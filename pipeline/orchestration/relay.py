@@ -66,7 +66,7 @@ class Relay:
     head: list[str] = field(default_factory=list)
     tail: deque = field(default_factory=lambda: deque(maxlen=40))
     times: list[ProcessTimes] = field(default_factory=list)
-    _last_redraw: float = 0.0
+    _last_redraw: float = float("-inf")
     _in_bar: bool = False
 
     def feed(self, text: str, redraw: bool) -> None:

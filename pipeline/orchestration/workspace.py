@@ -12,6 +12,7 @@ working tree. The clone is removed afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -45,14 +46,30 @@ def git_identity() -> tuple[str, str] | None:
     return (name, email) if name and email else None
 
 
+def _identity_vars() -> dict[str, str]:
+    """``GIT_AUTHOR_*`` / ``GIT_COMMITTER_*`` of :data:`IDENTITY` where git has no identity."""
+    if git_identity() is not None:
+        return {}
+    return {f"GIT_{who}_{part}": value for who in ("AUTHOR", "COMMITTER")
+            for part, value in zip(("NAME", "EMAIL"), IDENTITY, strict=True)}
+
+
+@contextmanager
+def _identity() -> Iterator[None]:
+    """In-process git commits (DVC's experiments) get an identity where git has none."""
+    added = {k: v for k, v in _identity_vars().items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT__")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    if git_identity() is None:
-        for who in ("AUTHOR", "COMMITTER"):
-            env.setdefault(f"GIT_{who}_NAME", IDENTITY[0])
-            env.setdefault(f"GIT_{who}_EMAIL", IDENTITY[1])
-    return env
+    return {**_identity_vars(), **env}
 
 
 def run(cwd: Path, *cmd: str) -> str:
@@ -75,42 +92,46 @@ def dirty_files(root: Path) -> list[str]:
 
 
 @contextmanager
+def _dvc_repo(path: Path):
+    """DVC's ``Repo`` of ``path``, with the cwd there: DVC resolves paths and targets against the cwd."""
+    from dvc.repo import Repo
+
+    with contextlib.chdir(path), Repo(str(path)) as repo:
+        yield repo
+
+
+@contextmanager
 def isolated(root: Path, name: str, keep: bool = False) -> Iterator[Path]:
     """A clone of ``root``'s HEAD that shares ``root``'s DVC cache, with HEAD's outputs checked out
     from that cache (those missing from it are left for the stages to rebuild); removed on exit
-    unless ``keep``."""
+    unless ``keep``. DVC runs in-process here: each ``dvc`` process start costs a second or more."""
     root = root.resolve()
     commit = head_commit(root)
-    cache = run(root, "dvc", "cache", "dir").strip()
+    with _dvc_repo(root) as repo:
+        cache = repo.cache.local_cache_dir
     base = root / RETRAIN_DIR
     base.mkdir(parents=True, exist_ok=True)
     clone = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=base))
     try:
         run(base, "git", "clone", "--quiet", "--no-checkout", str(root), str(clone))
         run(clone, "git", "checkout", "--quiet", "--detach", commit)
-        run(clone, "dvc", "cache", "dir", "--local", cache)
-        run(clone, "dvc", "config", "--local", "cache.type", "reflink,hardlink,copy")
-        run(clone, "dvc", "checkout", "--quiet", "--allow-missing")
+        (clone / ".dvc" / "config.local").write_text(
+            f"[cache]\n    dir = {cache}\n    type = reflink,hardlink,copy\n")
+        with _dvc_repo(clone) as repo:
+            repo.checkout(allow_missing=True)
         yield clone
     finally:
         if not keep:
             shutil.rmtree(clone, ignore_errors=True)
 
 
-def experiment_commit(clone: Path, name: str) -> str:
-    """The commit of experiment ``name`` in ``clone`` (its ``refs/exps/.../NAME`` ref)."""
-    refs = run(clone, "git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps/")
-    for line in refs.splitlines():
-        sha, ref = line.split(" ", 1)
-        if ref.rsplit("/", 1)[-1] == name:
-            return sha
-    raise WorkspaceError(f"{clone}: no experiment named {name} after `dvc exp save`")
-
-
 def save_experiment(clone: Path, name: str, include: list[str]) -> str:
     """``dvc exp save -n NAME`` in the clone (the untracked files in ``include`` with it), pushed
     into the checkout's repository (the clone's ``origin``); returns the experiment's commit."""
-    extra = [a for rel in include if (clone / rel).exists() for a in ("-I", rel)]
-    run(clone, "dvc", "exp", "save", "--quiet", "-n", name, *extra)
-    run(clone, "dvc", "exp", "push", "--quiet", "--no-cache", "origin", name)
-    return experiment_commit(clone, name)
+    untracked = [r for r in include if (clone / r).exists()]
+    with _identity(), _dvc_repo(clone) as repo:
+        commit = repo.experiments.save(name=name, include_untracked=untracked)
+        repo.experiments.push("origin", [name], push_cache=False)
+    if not commit:
+        raise WorkspaceError(f"{clone}: `dvc exp save -n {name}` recorded no experiment")
+    return commit
