@@ -4,8 +4,10 @@ around the pipeline.
 ``vfmtok-pipeline STAGE`` runs a stage exactly as ``dvc.yaml``'s ``python -m pipeline.stage STAGE``
 does (``pipeline/stage.py``). A user
 error (bad params, source, token file, missing model) prints one ``error:`` line and exits with 2;
-``--debug`` (or ``VFMTOK_DEBUG=1``) shows the traceback instead. ``check``, ``profile`` and
-``deps`` import no torch and no Prefect.
+``--debug`` (or ``VFMTOK_DEBUG=1``) shows the traceback instead. ``check``, ``profile``, ``deps``
+and ``summary`` import no torch and no Prefect; ``generate`` and ``reconstruct`` use the trained
+model folders (``pipeline/commands/``); ``reproduce`` and ``serve`` are the Prefect orchestration
+(``pipeline/orchestration/``).
 """
 
 from __future__ import annotations

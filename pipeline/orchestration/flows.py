@@ -19,7 +19,6 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from pipeline.layout import Layout
 from pipeline.orchestration import promotion, workspace
 from pipeline.orchestration.dvc_stages import run_stages, verbose_run_logs
 from pipeline.orchestration.metrics_artifacts import publish_metrics
@@ -85,9 +84,7 @@ def prepare_workspace(root: str, clone: str, set_params: list[str]) -> None:
 @task(cache_policy=NO_CACHE)
 def record_experiment(clone: str, name: str) -> str:
     """``dvc exp save -n NAME`` in the clone, pushed into the checkout's repository."""
-    layout = Layout(Path("."))
-    include = [str(layout.stage_times(s)) for s in ("csv", "md")]
-    commit = workspace.save_experiment(Path(clone), name, include)
+    commit = workspace.save_experiment(Path(clone), name)
     get_run_logger().info("recorded DVC experiment %s (commit %s): `dvc exp show` lists it", name, commit[:7])
     return commit
 

@@ -17,7 +17,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from pipeline.orchestration.stage_process import ProcessTimes, parse_times
@@ -62,7 +62,7 @@ class Relay:
 
     log: logging.Logger | logging.LoggerAdapter
     child_records_in_api: bool  # the stage's records already reach the API (it runs as a subflow)
-    clock: object = time.monotonic
+    clock: Callable[[], float] = time.monotonic
     head: list[str] = field(default_factory=list)
     tail: deque = field(default_factory=lambda: deque(maxlen=40))
     times: list[ProcessTimes] = field(default_factory=list)

@@ -125,10 +125,12 @@ def isolated(root: Path, name: str, keep: bool = False) -> Iterator[Path]:
             shutil.rmtree(clone, ignore_errors=True)
 
 
-def save_experiment(clone: Path, name: str, include: list[str]) -> str:
-    """``dvc exp save -n NAME`` in the clone (the untracked files in ``include`` with it), pushed
-    into the checkout's repository (the clone's ``origin``); returns the experiment's commit."""
-    untracked = [r for r in include if (clone / r).exists()]
+def save_experiment(clone: Path, name: str) -> str:
+    """``dvc exp save -n NAME`` in the clone, pushed into the checkout's repository (the clone's
+    ``origin``); returns the experiment's commit. Every new file that git does not ignore goes in
+    with it: the stages' git-tracked outputs (metrics, plots, pictures) that HEAD does not have yet,
+    and the run's stage times."""
+    untracked = run(clone, "git", "ls-files", "--others", "--exclude-standard").splitlines()
     with _identity(), _dvc_repo(clone) as repo:
         commit = repo.experiments.save(name=name, include_untracked=untracked)
         repo.experiments.push("origin", [name], push_cache=False)
