@@ -153,6 +153,12 @@ def test_flaky_stage_is_retried_and_a_second_run_reruns_nothing(tiny):
     md = Layout(tiny).stage_times("md").read_text()
     assert f"| {run1} |" in md and f"| {run2} |" in md and "2 attempts" in md
 
+    # Only what changed runs: the stages DVC's status calls current are skipped without a dvc process.
+    (tiny / "report.py").write_text((tiny / "report.py").read_text() + "# edited\n")
+    third = flows.reproduce_flow(root=str(tiny), retries=0, return_state=True).result()["stages"]
+    assert [(t["stage"], t["status"]) for t in third][::3] == [("a", "up to date"), ("report", "ran")]
+    assert {t["status"] for t in third[1:3]} == {"up to date"}
+
 
 def test_stage_failing_every_attempt_fails_the_flow_and_is_recorded(tmp_path):
     root = _project(tmp_path / "bad", """

@@ -9,6 +9,7 @@ process start: the orchestrator uses it to skip current stages without a subproc
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,7 @@ def stale_stages(root: str | Path, targets: list[str] | None = None, upstream: b
     from dvc.repo import Repo
 
     root = Path(root).resolve()
-    with Repo(str(root)) as repo:
+    with contextlib.chdir(root), Repo(str(root)) as repo:  # DVC names stages relative to the cwd
         changes = repo.status(targets=[_target(root, t) for t in targets] if targets else None,
                               with_deps=upstream and bool(targets))
     return sorted(changes)

@@ -27,7 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run, task_run
 from prefect.tasks import exponential_backoff
 
-from pipeline.orchestration.dag import Stage, dag_stages, is_stale
+from pipeline.orchestration.dag import Stage, dag_stages, is_stale, stale_stages
 from pipeline.orchestration.relay import Relay, child_log_env, segments
 from pipeline.orchestration.stage_process import PARENT_ENV, ProcessTimes
 from pipeline.reporting import stage_times
@@ -126,10 +126,11 @@ class StageOutcome:
 
 
 @task(cache_policy=NO_CACHE)
-def run_stage(root: str, stage: str, api: str | None = None) -> StageOutcome:
-    """Bring one stage up to date: nothing when DVC's status says it is current, else
-    ``dvc repro --single-item`` (the stage runs as a subflow of this task)."""
-    if not is_stale(root, stage):
+def run_stage(root: str, stage: str, api: str | None = None, known: str = "ask") -> StageOutcome:
+    """Bring one stage up to date: ``dvc repro --single-item`` (the stage runs as a subflow of this
+    task) unless DVC's status says it is current. ``known``: ``stale`` or ``current`` when the
+    run's status check already said so and nothing upstream has run since; ``ask`` checks now."""
+    if known == "current" or (known == "ask" and not is_stale(root, stage)):
         get_run_logger().info("stage %s is up to date (dvc status)", stage)
         return StageOutcome("up to date", task_run.run_count, None)
     run = run_dvc(root, ["repro", "--single-item", stage], api, str(task_run.id))
@@ -160,6 +161,8 @@ def run_stages(root: Path, targets: list[str] | None, retries: int, retry_delay_
     log = get_run_logger()
     stages = dag_stages(root, targets)
     log.info("DAG order from dvc.yaml: %s", " -> ".join(s.name for s in stages))
+    stale = set(stale_stages(root, [s.name for s in stages], upstream=False))  # one status for all
+    ran = False  # once a stage has run, a stage that was current may not be any more: ask again
     api = api_url()
     run_name = flow_run.name or "manual"
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -172,12 +175,14 @@ def run_stages(root: Path, targets: list[str] | None, retries: int, retry_delay_
                 retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay_s),
             )  # fmt: skip
             try:
-                out = stage_task(str(root), s.name, api)
+                known = "stale" if s.name in stale else "ask" if ran else "current"
+                out = stage_task(str(root), s.name, api, known)
             except Exception:
                 times.append(StageTime(run_name, started, s.name, "failed", retries + 1,
                                        time.perf_counter() - t0))
                 raise
             times.append(_row(run_name, started, s, root, out, time.perf_counter() - t0))
+            ran = ran or out.status in ("ran", "restored")
     finally:
         if times:
             stage_times.append(times_root or root, times)
