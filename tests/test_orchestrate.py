@@ -248,17 +248,21 @@ def test_relay_logs_each_line_once_and_cuts_bars_off_log_records():
     now = [0.0]
     r = relay.Relay(logger, child_records_in_api=True, clock=lambda: now[0])
     stream = (b"Running stage 'x':\n\r 10%|#  \r 20%|## "  # a bar, then a record closes it
-              b"INFO    | Flow run 'y' - hello\n"
+              b"INFO    | Flow run 'y' - hello\n\r 30%|###   "
+              b"INFO    | Task run 'z' - later\n"
               b"[vfmtok] stage x: work 1.500 s, imports 0.250 s, prefect 2.000 s\n"
               b"WARNING | Task run 't' - careful\n")
     for text, redraw in relay.segments(io.BytesIO(stream)):
         r.feed(text, redraw)
+        if "hello" in text:
+            now[0] += relay.PROGRESS_EVERY_S
     got = [(rec.levelname, rec.getMessage(), getattr(rec, "send_to_api", True)) for rec in cap.records]
     assert got == [
         ("INFO", "Running stage 'x':", True),
-        ("INFO", "10%|#", True),  # the first redraw at once, the next within PROGRESS_EVERY_S dropped
-        ("INFO", "20%|##", True),  # the bar's last state, cut off the record it ran into
+        ("INFO", "10%|#", True),  # the first state at once, the next within PROGRESS_EVERY_S dropped
         ("INFO", "Flow run 'y' - hello", False),  # the subflow's own record: terminal only
+        ("INFO", "30%|###", True),  # PROGRESS_EVERY_S later: the bar's state, cut off the record
+        ("INFO", "Task run 'z' - later", False),
         ("INFO", "[vfmtok] stage x: work 1.500 s, imports 0.250 s, prefect 2.000 s", True),
         ("WARNING", "Task run 't' - careful", False),
     ]

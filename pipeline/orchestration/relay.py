@@ -72,17 +72,21 @@ class Relay:
     def feed(self, text: str, redraw: bool) -> None:
         if redraw:
             self._in_bar = True
-            now = self.clock()
-            if text and now - self._last_redraw >= PROGRESS_EVERY_S:
-                self._last_redraw = now
-                self._emit(text.strip())
+            self._bar_state(text)
             return
         if self._in_bar and (m := RUN_IN.search(text)) and m.start() > 0:
-            self._emit(text[: m.start()].strip())  # the bar's last state, then the record
+            self._bar_state(text[: m.start()])  # the bar's state, cut off the record after it
             text = text[m.start() :]
         self._in_bar = False
         if text:
             self._emit(text)
+
+    def _bar_state(self, text: str) -> None:
+        """A progress bar's current state: logged at most every ``PROGRESS_EVERY_S``."""
+        now = self.clock()
+        if text.strip() and now - self._last_redraw >= PROGRESS_EVERY_S:
+            self._last_redraw = now
+            self._emit(text.strip())
 
     def _emit(self, text: str) -> None:
         if not text:
