@@ -87,6 +87,11 @@ class Layout:
         return self.root / ".prefect"
 
     @property
+    def retrain_workspaces(self) -> Path:
+        """Where a retrain clones the checkout (``.dvc/tmp/retrain/``: git-ignored by DVC itself)."""
+        return self.root / ".dvc" / "tmp" / "retrain"
+
+    @property
     def last_metrics(self) -> Path:
         """The previous orchestrated run's metrics, for the diff artifact."""
         return self.prefect_home / "last_metrics.json"

@@ -24,8 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline import errors
-
-RETRAIN_DIR = Path(".dvc") / "tmp" / "retrain"
+from pipeline.layout import Layout
 
 
 class WorkspaceError(errors.UserError):
@@ -109,7 +108,7 @@ def isolated(root: Path, name: str, keep: bool = False) -> Iterator[Path]:
     commit = head_commit(root)
     with _dvc_repo(root) as repo:
         cache = repo.cache.local_cache_dir
-    base = root / RETRAIN_DIR
+    base = Layout(root).retrain_workspaces
     base.mkdir(parents=True, exist_ok=True)
     clone = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=base))
     try:
