@@ -4,8 +4,10 @@ around the pipeline.
 ``vfmtok-pipeline STAGE`` runs a stage exactly as ``dvc.yaml``'s ``python -m pipeline.stage STAGE``
 does (``pipeline/stage.py``). A user
 error (bad params, source, token file, missing model) prints one ``error:`` line and exits with 2;
-``--debug`` (or ``VFMTOK_DEBUG=1``) shows the traceback instead. ``check``, ``profile`` and
-``deps`` import no torch and no Prefect.
+``--debug`` (or ``VFMTOK_DEBUG=1``) shows the traceback instead. ``check``, ``profile``, ``deps``
+and ``summary`` import no torch and no Prefect; ``generate`` and ``reconstruct`` use the trained
+model folders (``pipeline/commands/``); ``reproduce`` and ``serve`` are the Prefect orchestration
+(``pipeline/orchestration/``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ def _use_profile(name: str, root: str) -> None:
     load_params(src)  # refuse to activate a profile that does not validate here
     shutil.copyfile(src, Path(root) / "params.yaml")
     print(f"params.yaml is now the {name!r} profile ({src})")
+
+
+def _all_current(root: str, targets: list[str]) -> bool:
+    """DVC's status, in-process: nothing to run (a check that fails leaves the decision to the flow)."""
+    from pipeline.orchestration.dag import stale_stages
+
+    try:
+        return not stale_stages(root, targets or None)
+    except Exception:  # noqa: BLE001 - e.g. an unknown target: the flow reports it properly
+        return False
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,6 +84,26 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--params", default="params.yaml")
     rep = sub.add_parser("reproduce", help="dvc repro as one Prefect flow, a task per stage")
     rep.add_argument("targets", nargs="*", help="stages to update, with their upstream (default: all)")
+    rep.add_argument("--record", action="store_true",
+                     help="run (and record) the Prefect flow even when DVC says every stage is current")
+    gen = sub.add_parser("generate", help="a PNG grid of new images of one class (data/gpt, data/tokenizer)")
+    gen.add_argument("--class", dest="class_spec", required=True, metavar="NAME_OR_ID",
+                     help="class name (data/prepared/classes.json) or number")
+    gen.add_argument("-n", type=int, default=16, help="how many images (default 16, 8 a row)")
+    gen.add_argument("--out", type=Path, default=Path("grid.png"), help="PNG to write (default grid.png)")
+    gen.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1.0 = off)")
+    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    gen.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (0 = all)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
+    gen.add_argument("--seed", type=int, default=0)
+    rec = sub.add_parser("reconstruct", help="tokenize your own images and write their reconstructions")
+    rec.add_argument("images", nargs="+", type=Path, help="image files, any size and mode")
+    rec.add_argument("--out", type=Path, required=True, help="folder for <name>.png and tokens.json")
+    for s in (gen, rec):
+        s.add_argument("--tokenizer", type=Path, help="tokenizer folder (default: data/tokenizer)")
+        s.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    gen.add_argument("--gpt", type=Path, help="GPT folder (default: data/gpt)")
+    sub.add_parser("summary", help="the headline results, where the pictures are, what to run next")
     srv = sub.add_parser("serve", help="serve the scheduled retrain (a named `dvc exp run` per run)")
     srv.add_argument("--cron", default="0 3 * * 0", help='schedule (default: "0 3 * * 0", Sundays 03:00)')
     srv.add_argument("--name", default="vfmtok-retrain", help="deployment name")
@@ -116,11 +148,33 @@ def _dispatch(args: argparse.Namespace) -> int:
                         args.backbone_weights, args.weights):
             print(line)
     elif args.command == "reproduce":
+        if not args.record and _all_current(args.root, args.targets):
+            print("Data and pipelines are up to date (dvc status): no stage to run, no Prefect run "
+                  "started (--record starts one anyway).")
+            return 0
         from pipeline.orchestration.flows import reproduce_flow
 
         state = reproduce_flow(root=args.root, targets=args.targets or None, retries=args.retries,
                                retry_delay_s=args.retry_delay, return_state=True)
         return 0 if state.is_completed() else 1
+    elif args.command == "generate":
+        from pipeline.commands.generate import Sampling, generate_grid
+
+        sampling = Sampling(n=args.n, cfg_scale=args.cfg, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, seed=args.seed)
+        print(generate_grid(Path(args.root), args.class_spec, args.out, sampling, args.device, args.tokenizer,
+                            args.gpt))
+    elif args.command == "reconstruct":
+        from pipeline.commands.reconstruct import describe, reconstruct_images
+
+        results = reconstruct_images(Path(args.root), args.images, args.out, args.device, args.tokenizer)
+        for r in results:
+            print(describe(r))
+        print(f"token ids: {args.out / 'tokens.json'}")
+    elif args.command == "summary":
+        from pipeline.commands.summary import summary
+
+        print(summary(Path(args.root)))
     elif args.command == "serve":
         from pipeline.orchestration.server import serve
 

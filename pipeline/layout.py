@@ -50,7 +50,8 @@ class Layout:
         return self.data / "samples"
 
     def checkpoints(self, model: str) -> Path:
-        """``data/checkpoints/<model>`` (tokenizer, gpt): persisted by DVC across runs, for resume."""
+        """``data/checkpoints/<model>`` (tokenizer, gpt), for resume: git-ignored and deliberately not
+        a DVC output, so DVC never deletes them and a clone or ``dvc pull`` without them is current."""
         return self.data / "checkpoints" / model
 
     # -- reports/: metrics, plots and pictures (committed to git)
@@ -89,6 +90,11 @@ class Layout:
     @property
     def prefect_home(self) -> Path:
         return self.root / ".prefect"
+
+    @property
+    def retrain_workspaces(self) -> Path:
+        """Where a retrain clones the checkout (``.dvc/tmp/retrain/``: git-ignored by DVC itself)."""
+        return self.root / ".dvc" / "tmp" / "retrain"
 
     @property
     def last_metrics(self) -> Path:

@@ -156,6 +156,21 @@ class EvaluateParams:
 
 
 @dataclass(kw_only=True)
+class PromoteParams:
+    """The promotion gate of a retrain: its model becomes the current one only when it beats the
+    current one on ``metric`` by at least ``min_delta`` (``pipeline/orchestration/promotion.py``).
+    Read by the orchestrator, no stage: changing it re-runs nothing."""
+
+    metric: str = "gfid"  # a key of one DVC metrics file, or FILE:KEY (reports/train_ar.json:val_loss)
+    mode: Literal["min", "max"] = "min"  # min: lower is better
+    min_delta: float = field(default=0.0, metadata={"min": 0.0})  # the least improvement that promotes
+
+    def validate(self) -> None:
+        if not self.metric.strip():
+            raise ConfigError("metric", self.metric, "must name a metric")
+
+
+@dataclass(kw_only=True)
 class Params:
     """The whole params file."""
 
@@ -172,6 +187,7 @@ class Params:
     train_ar: TrainARParams
     sample: SampleParams
     evaluate: EvaluateParams
+    promote: PromoteParams = field(default_factory=PromoteParams)
 
     def check_paths(self) -> None:
         """Inputs that must exist on this machine (skipped to inspect a profile from elsewhere)."""
@@ -221,6 +237,20 @@ def load_params(path: str | Path = "params.yaml", check_paths: bool = True) -> P
         if check_paths:
             params.check_paths()
         return params
+    except ConfigError as e:
+        raise e.in_file(path) from None
+
+
+def load_promote(path: str | Path = "params.yaml") -> PromoteParams:
+    """Only the ``promote`` section (default values when absent): what the orchestrator needs, also
+    in a project whose other sections are not this pipeline's."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) if path.is_file() else {}
+        section = (data or {}).get("promote", {}) if isinstance(data, dict) else {}
+        return from_dict(PromoteParams, section, "promote")
+    except yaml.YAMLError as e:
+        raise ConfigError("<file>", str(path), f"not valid YAML: {' '.join(str(e).split())}", path) from None
     except ConfigError as e:
         raise e.in_file(path) from None
 

@@ -4,9 +4,6 @@ as flat ``{dotted.key: value}`` dicts: what ``compare``, ``claims`` and the metr
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 
@@ -23,13 +20,15 @@ def flatten(data: dict, prefix: str = "", scalars_only: bool = False) -> dict[st
     return out
 
 
-def workspace_metrics(root: str | Path) -> dict[str, dict]:
-    """``{metrics file: {dotted key: scalar}}`` of the workspace, from ``dvc metrics show --json``."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    proc = subprocess.run(["dvc", "metrics", "show", "--json"], cwd=root, env=env,
-                          capture_output=True, text=True, check=True)
-    files = json.loads(proc.stdout or "{}").get("", {}).get("data", {})
+def workspace_metrics(root: str | Path, rev: str | None = None) -> dict[str, dict]:
+    """``{metrics file: {dotted key: scalar}}`` of the workspace (or of commit ``rev``), as
+    ``dvc metrics show`` has them, asked in-process (a ``dvc`` process costs seconds)."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        shown = repo.metrics.show(revs=[rev] if rev else None)
+    found = shown.get(rev, {}) if rev else shown.get("workspace", shown.get("", {}))  # DVC's keys
+    files = found.get("data", {})
     return {f: flatten(v["data"], scalars_only=True) for f, v in sorted(files.items()) if "data" in v}
 
 

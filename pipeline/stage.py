@@ -9,7 +9,6 @@ as its ``deps`` in ``dvc.yaml`` (``pipeline/deps.py`` checks that). A user error
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -36,15 +35,16 @@ def guarded(fn: Callable[[], int | None]) -> int:
 
 
 def run(stage: str, params_file: str = "params.yaml", root: str = ".") -> dict:
-    """The stage's Prefect flow, in this process. The params file is validated first, so a bad
+    """The stage's Prefect flow, in this process (a subflow of the orchestrating run, if any:
+    ``pipeline/orchestration/stage_process.py``). The params file is validated first, so a bad
     one fails in milliseconds, before Prefect or torch is even imported."""
+    from pipeline.orchestration.stage_process import run_stage_flow
     from pipeline.params import load_params
 
     prefect_env.configure(root)
     load_params(params_file)
-    module = importlib.import_module(module_name(stage))
-    errors.quiet_prefect()  # after Prefect has set up its loggers
-    return getattr(module, f"{stage}_flow")(params_file=params_file, root=root)
+    return run_stage_flow(stage, module_name(stage), {"params_file": params_file, "root": root},
+                          after_import=errors.quiet_prefect)  # after Prefect has set up its loggers
 
 
 def main(argv: list[str] | None = None) -> int:

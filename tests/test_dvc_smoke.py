@@ -1,4 +1,5 @@
-"""End to end: `dvc repro` of the smoke profile in a temporary copy of the repository."""
+"""End to end: `dvc repro` of the smoke profile in a temporary copy of the repository, the round trip
+of its results through a DVC remote, and the commands that use its models."""
 
 from __future__ import annotations
 
@@ -78,8 +79,46 @@ def _stale(project: Path) -> list[str]:
     return sorted(out)
 
 
-def test_repro_then_up_to_date_then_selective_reruns(project):
-    out = _run(project, "dvc", "repro")
+@pytest.fixture(scope="module")
+def reproduced(project) -> str:
+    """The output of one `dvc repro` of the whole smoke pipeline (minutes: every later test reuses it)."""
+    return _run(project, "dvc", "repro")
+
+
+def test_a_run_pushed_to_a_remote_is_pulled_by_a_fresh_clone_without_running_a_stage(project, reproduced,
+                                                                                      tmp_path):
+    remote, clone = tmp_path / "remote", tmp_path / "clone"
+    _run(project, "dvc", "remote", "add", "-d", "shared", str(remote))  # any DVC remote; a folder here
+    _run(project, "git", "add", "-A")
+    _run(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke results")
+    _run(project, "dvc", "push")
+    _run(tmp_path, "git", "clone", "-q", str(project), str(clone))
+    assert not (clone / "data" / "gpt").exists()
+    _run(clone, "dvc", "pull")
+    assert json.loads(_run(clone, "dvc", "status", "--json")) == {}, "the pulled clone must be up to date"
+    assert "Running stage" not in _run(clone, "dvc", "repro")
+    for folder in ("data/tokenizer", "data/gpt", "data/prepared"):
+        for f in (project / folder).rglob("*"):
+            if f.is_file():
+                assert (clone / f.relative_to(project)).read_bytes() == f.read_bytes(), f
+
+    # The pulled folders are the models: both commands use them, as a user of the clone would.
+    from pipeline.commands.generate import Sampling, generate_grid
+    from pipeline.commands.reconstruct import reconstruct_images
+    from vfmtok.gpt import GPT
+    from vfmtok.tokenizer import Tokenizer
+
+    assert GPT.from_pretrained(clone / "data" / "gpt").config.num_classes == 10
+    assert Tokenizer.from_pretrained(clone / "data" / "tokenizer").n_tokens == 16
+    said = generate_grid(clone, "sandal", clone / "grid.png", Sampling(n=8, cfg_scale=2.0, seed=1))
+    assert "8 samples of class 5 (Sandal), 32 px" in said and (clone / "grid.png").is_file()
+    img = project / "reports" / "samples.png"  # any picture: a PNG of another size
+    (r,) = reconstruct_images(clone, [img], clone / "recon")
+    assert len(r.tokens) == 16 and r.out.is_file() and r.psnr > 0
+
+
+def test_repro_then_up_to_date_then_selective_reruns(project, reproduced):
+    out = reproduced
     for stage in STAGES:
         assert f"Running stage '{stage}'" in out
     for path in ("data/features/manifest.json", "data/tokenizer/model.safetensors",
@@ -128,7 +167,7 @@ def test_repro_then_up_to_date_then_selective_reruns(project):
     assert "Running stage 'prepare'" in out and "Running stage 'extract_features'" in out
 
 
-def test_one_param_switches_to_the_vqgan_baseline(project):
+def test_one_param_switches_to_the_vqgan_baseline(project, reproduced):
     _set(project, "tokenizer", "kind", "vqgan")
     out = _run(project, "dvc", "repro")
     assert "Running stage 'train_tokenizer'" in out and "Running stage 'prepare'" not in out

@@ -30,3 +30,11 @@ def test_check_and_profile_import_neither_torch_nor_prefect(tmp_path):
     loaded = _modules_after(code)
     assert not loaded & {"torch", "prefect", "timm", "dvc"}, loaded & {"torch", "prefect", "timm", "dvc"}
     assert (tmp_path / "params.yaml").read_text() == (REPO / "params" / "smoke.yaml").read_text()
+
+
+def test_a_stage_process_imports_only_what_it_uses():
+    """``prepare`` needs neither torch nor timm (nor DVC); the end-of-demo summary needs none of it."""
+    prepare = _modules_after("import pipeline.stage, pipeline.stages.prepare")
+    assert "prefect" in prepare and not prepare & {"torch", "timm", "dvc"}, prepare & {"torch", "timm", "dvc"}
+    summary = _modules_after("import pipeline.commands.summary")
+    assert not summary & {"torch", "prefect", "dvc"}

@@ -1,4 +1,5 @@
-"""The `reproduce` flow over a tiny DVC project: DAG order from dvc.yaml, retries, stage times, artifacts.
+"""The flows over a tiny DVC project: DAG order from dvc.yaml, retries, stage times, artifacts,
+stage flows as subflows, and the retrain (isolated clone, promotion gate).
 
 Runs in Prefect's ephemeral mode (the test session's throw-away PREFECT_HOME); the stages are
 one-line Python commands, so each `dvc repro --single-item` costs about a second.
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -18,7 +21,8 @@ import pytest
 import yaml
 
 from pipeline.layout import Layout
-from pipeline.orchestration import dvc_stages, flows, metrics_artifacts
+from pipeline.orchestration import dag, dvc_stages, flows, metrics_artifacts, promotion, relay, stage_process
+from pipeline.params import PromoteParams
 from pipeline.reporting import stage_times
 from pipeline.revisions import flatten
 from tests.conftest import FASHION_MNIST
@@ -47,7 +51,12 @@ stages:
     cmd: python -c "import yaml; open('a.txt','w').write('w '*yaml.safe_load(open('params.yaml'))['a']['n'])"
     params: [a.n]
     outs: [a.txt]
+artifacts:
+  model:
+    path: c.txt
+    type: model
 """
+PARAMS = "a:\n  n: 3\npromote:\n  metric: lines\n  mode: min\n  min_delta: 1\n"
 
 REPORT = """
 import json
@@ -89,7 +98,7 @@ def _project(root: Path, dvc_yaml: str, files: dict[str, str]) -> Path:
 @pytest.fixture
 def tiny(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("FLAKY_MARKER", str(tmp_path / "flaky.marker"))
-    files = {"flaky.py": FLAKY, "report.py": REPORT, "params.yaml": "a:\n  n: 3\n"}
+    files = {"flaky.py": FLAKY, "report.py": REPORT, "params.yaml": PARAMS}
     return _project(tmp_path / "proj", DVC_YAML, files)
 
 
@@ -104,10 +113,10 @@ def _artifacts(flow_run_name: str) -> dict[str, object]:
 
 
 def test_dag_order_comes_from_dvc(tiny):
-    names = [s.name for s in dvc_stages.dag_stages(tiny)]
+    names = [s.name for s in dag.dag_stages(tiny)]
     assert names[0] == "a" and names[-1] == "report" and sorted(names[1:3]) == ["b", "c"]
-    assert [s.name for s in dvc_stages.dag_stages(tiny, ["b"])] == ["a", "b"]
-    assert {s.name: s.metrics for s in dvc_stages.dag_stages(tiny)}["report"] == ["metrics.json"]
+    assert [s.name for s in dag.dag_stages(tiny, ["b"])] == ["a", "b"]
+    assert {s.name: s.metrics for s in dag.dag_stages(tiny)}["report"] == ["metrics.json"]
 
 
 def test_flaky_stage_is_retried_and_a_second_run_reruns_nothing(tiny):
@@ -131,7 +140,9 @@ def test_flaky_stage_is_retried_and_a_second_run_reruns_nothing(tiny):
     assert "First run" in arts[metrics_artifacts.DIFF_KEY]
 
     a_mtime = (tiny / "a.txt").stat().st_mtime_ns
-    assert main(["--root", str(tiny), "reproduce", "--retries", "0"]) == 0  # the CLI, in-process
+    assert main(["--root", str(tiny), "reproduce", "--retries", "0"]) == 0  # the CLI, in-process:
+    assert len(stage_times.read(tiny)) == 4  # nothing stale, so no flow was started
+    assert main(["--root", str(tiny), "reproduce", "--retries", "0", "--record"]) == 0
     second = stage_times.read(tiny)[4:]
     assert [r.status for r in second] == ["up to date"] * 4 and all(r.attempts == 1 for r in second)
     assert (tiny / "a.txt").stat().st_mtime_ns == a_mtime
@@ -141,6 +152,12 @@ def test_flaky_stage_is_retried_and_a_second_run_reruns_nothing(tiny):
     assert f"Against run `{run1}`" in diff and "| metrics.json | lines |" not in diff
     md = Layout(tiny).stage_times("md").read_text()
     assert f"| {run1} |" in md and f"| {run2} |" in md and "2 attempts" in md
+
+    # Only what changed runs: the stages DVC's status calls current are skipped without a dvc process.
+    (tiny / "report.py").write_text((tiny / "report.py").read_text() + "# edited\n")
+    third = flows.reproduce_flow(root=str(tiny), retries=0, return_state=True).result()["stages"]
+    assert [(t["stage"], t["status"]) for t in third][::3] == [("a", "up to date"), ("report", "ran")]
+    assert {t["status"] for t in third[1:3]} == {"up to date"}
 
 
 def test_stage_failing_every_attempt_fails_the_flow_and_is_recorded(tmp_path):
@@ -194,7 +211,7 @@ def test_output_segments_split_lines_and_progress_redraws():
             return super().read1(1)
 
     data = b"Running stage 'x':\n\r 10%|#  \r 50%|## \r100%|###\nwin\r\nlast"
-    assert list(dvc_stages._segments(Trickle(data))) == [
+    assert list(relay.segments(Trickle(data))) == [
         ("Running stage 'x':", False), ("", True), (" 10%|#", True), (" 50%|##", True),
         ("100%|###", False), ("win", False), ("last", False),
     ]
@@ -203,11 +220,175 @@ def test_output_segments_split_lines_and_progress_redraws():
 def test_stage_processes_get_no_run_variables(monkeypatch):
     monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "x")
     monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "WARNING")
-    env = dvc_stages._child_env("http://127.0.0.1:1/api")
+    env = dvc_stages.child_env("http://127.0.0.1:1/api", "task-id")
     assert "PREFECT__FLOW_RUN_ID" not in env and env["PREFECT_API_URL"] == "http://127.0.0.1:1/api"
     assert env["PREFECT_LOGGING_LEVEL"] == "INFO"
     monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "DEBUG")
-    debug = dvc_stages._child_env(None)
+    assert env[dvc_stages.PARENT_ENV] == "task-id" and "%(asctime)" not in str(relay.child_log_env())
+    debug = dvc_stages.child_env(None, "task-id")
+    assert dvc_stages.PARENT_ENV not in debug  # no API to link a subflow through
     assert debug["PREFECT_LOGGING_LEVEL"] == "DEBUG"
     assert debug.get("PREFECT_API_URL") == os.environ.get("PREFECT_API_URL")  # None: left as it is
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+
+
+def test_relay_logs_each_line_once_and_cuts_bars_off_log_records():
+    class Capture(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.records: list[logging.LogRecord] = []
+
+        def emit(self, record):
+            self.records.append(record)
+
+    logger = logging.getLogger("test.relay")
+    logger.propagate, logger.level = False, logging.DEBUG
+    cap = Capture()
+    logger.addHandler(cap)
+    now = [0.0]
+    r = relay.Relay(logger, child_records_in_api=True, clock=lambda: now[0])
+    stream = (b"Running stage 'x':\n\r 10%|#  \r 20%|## "  # a bar, then a record closes it
+              b"INFO    | Flow run 'y' - hello\n\r 30%|###   "
+              b"INFO    | Task run 'z' - later\n"
+              b"[vfmtok] stage x: work 1.500 s, imports 0.250 s, prefect 2.000 s\n"
+              b"WARNING | Task run 't' - careful\n")
+    for text, redraw in relay.segments(io.BytesIO(stream)):
+        r.feed(text, redraw)
+        if "hello" in text:
+            now[0] += relay.PROGRESS_EVERY_S
+    got = [(rec.levelname, rec.getMessage(), getattr(rec, "send_to_api", True)) for rec in cap.records]
+    assert got == [
+        ("INFO", "Running stage 'x':", True),
+        ("INFO", "10%|#", True),  # the first state at once, the next within PROGRESS_EVERY_S dropped
+        ("INFO", "Flow run 'y' - hello", False),  # the subflow's own record: terminal only
+        ("INFO", "30%|###", True),  # PROGRESS_EVERY_S later: the bar's state, cut off the record
+        ("INFO", "Task run 'z' - later", False),
+        ("INFO", "[vfmtok] stage x: work 1.500 s, imports 0.250 s, prefect 2.000 s", True),
+        ("WARNING", "Task run 't' - careful", False),
+    ]
+    assert r.times == [stage_process.ProcessTimes("x", 1.5, 0.25, 2.0)]
+
+
+TINY_FLOW = """
+import time
+from prefect import flow, get_run_logger
+
+@flow(name="hello")
+def hello_flow():
+    get_run_logger().info("hello from the stage")
+    time.sleep(0.3)
+    open("hello.txt", "w").write("hi")
+"""
+HELLO_CMD = ("python -c \"import sys; sys.path.insert(0, '.'); from pipeline.orchestration.stage_process "
+             "import run_stage_flow; run_stage_flow('hello', 'tinyflow', {})\"")
+
+
+def test_stage_flow_runs_as_a_subflow_of_its_task_and_reports_its_times(tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
+
+    root = _project(tmp_path / "sub", f"""
+        stages:
+          hello:
+            cmd: {HELLO_CMD}
+            deps: [tinyflow.py]
+            outs: [hello.txt]
+        """, {"tinyflow.py": TINY_FLOW})
+    state = flows.reproduce_flow(root=str(root), retries=0, return_state=True)
+    assert state.is_completed(), state
+    (row,) = stage_times.read(root)
+    assert row.status == "ran" and row.work_seconds >= 0.3 and row.prefect_seconds > 0
+    assert row.import_seconds is not None and row.seconds > row.work_seconds + row.prefect_seconds
+
+    with get_client(sync_client=True) as client:
+        parent = client.read_flow_runs(flow_run_filter=FlowRunFilter(name={"any_": [row.run]}))[0]
+        children = FlowRunFilter(parent_flow_run_id={"any_": [parent.id]})
+        (child,) = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["hello"])),
+                                         flow_run_filter=children)
+        task = client.read_task_run(child.parent_task_run_id)
+        assert task.flow_run_id == parent.id and task.name.startswith("stage hello")
+        assert child.state.is_completed()
+        both = FlowRunFilterId(any_=[parent.id, child.id])
+        top = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(id=both, parent_task_run_id={"is_null_": True}))
+        assert [r.id for r in top] == [parent.id]  # "Hide subflows" leaves one row
+    child_logs, parent_logs = _logs(child.id), _logs(parent.id)
+    assert any("hello from the stage" in m for m in child_logs)
+    assert not any("hello from the stage" in m for m in parent_logs), "relayed twice into the API"
+    assert any("Running stage 'hello'" in m for m in parent_logs)
+    assert not any(re.search(r"\d\d:\d\d:\d\d\.\d{3} \|", m) for m in parent_logs), "a second timestamp"
+
+
+def _logs(flow_run_id) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        return [log.message for log in client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)]
+
+
+def _git_out(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def test_retrain_leaves_the_checkout_alone_and_promotes_only_a_better_model(tiny):
+    """Three flow runs in one test (~1 min on 2 cores): the baseline, a better and a worse retrain,
+    each retrain in its own clone; the second decision depends on the first promotion."""
+    assert flows.reproduce_flow(root=str(tiny), retries=2, retry_delay_s=0, return_state=True).is_completed()
+    _git(tiny, "add", "-A")
+    _git(tiny, "commit", "-qm", "baseline: lines = 9")
+    before = {p: (tiny / p).read_bytes() for p in ("params.yaml", "dvc.lock", "metrics.json", ".gitignore")}
+
+    better = flows.retrain_flow(root=str(tiny), exp_name="fewer", set_params=["a.n=2"], retries=1,
+                                retry_delay_s=0)
+    p = better["promotion"]
+    assert p["promoted"] and (p["value"], p["baseline"]) == (6.0, 9.0)
+    assert p["baseline_ref"].startswith("HEAD")
+    assert p["versions"] == {"model": "v0.0.1"} and "lower than the current 9" in p["reason"]
+    assert _git_out(tiny, "rev-list", "-n1", "model@v0.0.1").strip() == better["commit"]
+    assert _git_out(tiny, "status", "--porcelain") == ""  # the checkout is untouched
+    assert {p: (tiny / p).read_bytes() for p in before} == before
+
+    worse = flows.retrain_flow(root=str(tiny), exp_name="more", set_params=["a.n=4"], retries=1,
+                               retry_delay_s=0)
+    p = worse["promotion"]
+    assert not p["promoted"] and (p["value"], p["baseline"]) == (12.0, 6.0) and not p["versions"]
+    assert p["baseline_ref"].startswith("model@v0.0.1") and "not lower" in p["reason"]
+    assert _git_out(tiny, "tag", "--list", "model@*").split() == ["model@v0.0.1"]
+    assert _git_out(tiny, "status", "--porcelain") == ""
+    assert {p: (tiny / p).read_bytes() for p in before} == before
+    assert not any((tiny / ".dvc" / "tmp" / "retrain").iterdir()), "the clones are removed"
+
+    shown = subprocess.run([Path(sys.executable).parent / "dvc", "exp", "show", "--json"], cwd=tiny,
+                           capture_output=True, text=True, check=True).stdout
+    assert '"fewer"' in shown and '"more"' in shown
+    table = subprocess.run([Path(sys.executable).parent / "dvc", "exp", "show", "--csv", "--drop", ".*",
+                            "--keep", r"^(Experiment|a\.n)$"], cwd=tiny, capture_output=True, text=True,
+                           check=True).stdout
+    rows = dict(line.split(",")[:2] for line in table.splitlines()[1:])
+    assert (rows["fewer"], rows["more"]) == ("2", "4")  # each experiment keeps its override
+    arts = _artifacts(_flow_run_name_of(worse))
+    assert "not promoted" in arts[promotion.PROMOTION_KEY] and "model@v0.0.1" in arts[promotion.PROMOTION_KEY]
+
+
+def _flow_run_name_of(result: dict) -> str:
+    return result["stages"][0]["run"]
+
+
+def test_promotion_gate_needs_a_real_improvement_by_the_margin():
+    lower = PromoteParams(metric="gfid", mode="min", min_delta=1.0)
+    assert promotion.judge(9.0, 10.5, lower)[0] and not promotion.judge(9.8, 10.5, lower)[0]
+    assert "only by 0.7" in promotion.judge(9.8, 10.5, lower)[1]
+    assert not promotion.judge(11.0, 10.5, lower)[0] and not promotion.judge(10.5, 10.5, lower)[0]
+    assert promotion.judge(5.0, None, lower) == (True, "no current model with a finite gfid to compare with")
+    assert not promotion.judge(float("nan"), 3.0, lower)[0] and not promotion.judge(None, 3.0, lower)[0]
+    higher = PromoteParams(metric="acc", mode="max", min_delta=0.0)
+    assert promotion.judge(0.6, 0.5, higher)[0] and not promotion.judge(0.5, 0.5, higher)[0]
+    metrics = {"reports/metrics.json": {"gfid": 3.5, "kind": "x"},
+               "reports/a.json": {"val_loss": 2, "seconds": 1}, "reports/b.json": {"seconds": 4}}
+    assert promotion.lookup(metrics, "gfid") == 3.5 and promotion.lookup(metrics, "val_loss") == 2.0
+    assert promotion.lookup(metrics, "reports/b.json:seconds") == 4.0
+    assert promotion.lookup(metrics, "kind") is None and promotion.lookup(metrics, "nope") is None
+    with pytest.raises(ConfigError, match="promote.metric = 'seconds': in several metrics files"):
+        promotion.lookup(metrics, "seconds")

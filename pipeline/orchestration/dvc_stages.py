@@ -1,11 +1,13 @@
 """DVC stages as Prefect tasks: DVC stays the judge of what is up to date.
 
-:func:`dag_stages` reads the stage list and its order from ``dvc.yaml`` (DVC's own graph and plan,
-never a hard-coded list); :func:`run_stages` runs one task per stage, each asking ``dvc repro
---single-item STAGE`` to bring that one stage up to date, so a current stage is skipped by DVC,
-not by us. A failing stage is retried with exponential backoff, and each stage's wall time per run
-is appended to ``reports/stage_times.{csv,md}``. DVC's and the stages' output goes to Prefect's
-logger; a progress bar's redraws are logged at most every ``PROGRESS_EVERY_S``.
+:func:`run_stages` runs one task per stage in DVC's order (``dag.py``). Each task first asks DVC's
+``status`` in-process whether its stage is stale (no subprocess for a current stage), and if so
+runs ``dvc repro --single-item STAGE``, so DVC itself runs, restores (run-cache) or skips the stage.
+A failing stage is retried with exponential backoff, and each stage's wall time per run (split into
+the stage's work, its imports and Prefect, as the stage process reports them) is appended to
+``reports/stage_times.{csv,md}``. The stage process runs its flow as a subflow of its task
+(``stage_process.py``), so the run is one row in the UI with its stages inside; DVC's and the
+stages' output is relayed to Prefect's logger (``relay.py``).
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ import os
 import subprocess
 import sys
 import time
-from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,10 +27,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run, task_run
 from prefect.tasks import exponential_backoff
 
+from pipeline.orchestration.dag import Stage, dag_stages, is_stale, stale_stages
+from pipeline.orchestration.relay import Relay, child_log_env, segments
+from pipeline.orchestration.stage_process import PARENT_ENV, ProcessTimes
 from pipeline.reporting import stage_times
 from pipeline.reporting.stage_times import StageTime
 
-PROGRESS_EVERY_S = 30.0  # how often a running progress bar's state is logged
 STATUS_LINES = [  # DVC's words for what it did with a stage -> our status
     ("Running stage '{}'", "ran"),
     ("Stage '{}' is cached - skipping run", "restored"),
@@ -43,58 +45,34 @@ class StageFailed(RuntimeError):
 
 
 @dataclass
-class Stage:
-    name: str  # DVC's address, what `dvc repro --single-item` takes
-    metrics: list[str]  # the stage's metrics files, relative to the project root
+class DvcRun:
+    said: str  # the start and end of the output
+    times: list[ProcessTimes]  # what each stage process reported about its time
 
 
-def dag_stages(root: str | Path = ".", targets: list[str] | None = None) -> list[Stage]:
-    """The stages with a command, in the order DVC itself would reproduce them.
-
-    With ``targets``, only those stages and everything upstream of them (like ``dvc repro T``).
-    """
-    from dvc.repo import Repo
-    from dvc.repo.reproduce import get_active_graph, plan_repro
-
-    root = Path(root).resolve()
-    with Repo(str(root)) as repo:
-        graph = get_active_graph(repo.index.graph)
-        by_address = {_address(s): s for s in graph if s.cmd}
-        if unknown := sorted(set(targets or []) - set(by_address)):
-            raise ValueError(f"no stage {', '.join(unknown)} in {root} (stages: {', '.join(by_address)})")
-        sources = [by_address[t] for t in targets] if targets else None
-        return [
-            Stage(_address(s), [os.path.relpath(o.fs_path, root) for o in s.outs if o.metric])
-            for s in plan_repro(graph, sources) if s.cmd
-        ]  # fmt: skip
-
-
-def _address(stage) -> str:
-    """The stage's address from the project root (``Stage.addressing`` is relative to the cwd)."""
-    if stage.path_in_repo == "dvc.yaml":
-        return stage.name
-    return f"{stage.path_in_repo}:{stage.name}"
-
-
-def _child_env(api_url: str | None) -> dict[str, str]:
+def child_env(api_url: str | None, parent_task_run_id: str | None = None) -> dict[str, str]:
     """The environment of DVC and the stage processes it starts.
 
     The venv's ``bin`` goes first on PATH (``dvc`` and ``vfmtok-pipeline``). Prefect's per-run
     variables (``PREFECT__*``) must not leak into the stages' own flows. Pointing the stages at
-    this run's API spares each of them the start of a throw-away ephemeral server (~10 s). The
-    stages log at INFO at least, like this flow, so their own messages reach its log too.
+    this run's API spares each of them the start of a throw-away ephemeral server (~10 s) and lets
+    them run as subflows of ``parent_task_run_id``. The stages log at INFO at least, like this
+    flow, without timestamps (the relay adds its own).
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT__")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT__") and k != PARENT_ENV}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
     if env.get("PREFECT_LOGGING_LEVEL", "INFO").upper() in ("WARNING", "ERROR", "CRITICAL"):
         env["PREFECT_LOGGING_LEVEL"] = "INFO"
+    env.update(child_log_env())
     if api_url:
         env["PREFECT_API_URL"] = api_url
+        if parent_task_run_id:
+            env[PARENT_ENV] = parent_task_run_id
     return env
 
 
-def _api_url() -> str | None:
+def api_url() -> str | None:
     """This process's Prefect API over HTTP (a real or a subprocess ephemeral server), if any."""
     from prefect.client.orchestration import get_client
 
@@ -103,56 +81,28 @@ def _api_url() -> str | None:
     return url if url.startswith(("http://", "https://")) and "ephemeral-prefect" not in url else None
 
 
-def _segments(stream) -> Iterator[tuple[str, bool]]:
-    """``(text, is_redraw)`` for every line of ``stream``; a redraw is text ended by a bare ``\\r``
-    (a progress bar), which arrives without any newline for as long as the bar runs."""
-    buf = b""
-    while chunk := stream.read1(1 << 16):
-        buf += chunk
-        while (ends := [i for i in (buf.find(b"\n"), buf.find(b"\r")) if i >= 0]):
-            i = min(ends)
-            if i == len(buf) - 1 and buf.endswith(b"\r"):
-                break  # a "\r\n" may be split across reads: wait for the next byte
-            redraw = buf[i : i + 1] == b"\r" and buf[i + 1 : i + 2] != b"\n"
-            yield buf[:i].decode(errors="replace").rstrip(), redraw
-            buf = buf[i + (2 if buf[i : i + 2] == b"\r\n" else 1) :]
-    if buf:
-        yield buf.decode(errors="replace").rstrip(), False
-
-
-def _dvc(root: str | Path, args: list[str], api_url: str | None) -> str:
-    """Run ``dvc ARGS`` in ``root``; its output goes to Prefect's logger (terminal and API).
-
-    Every line is logged; a progress bar's redraws at most every ``PROGRESS_EVERY_S``, so a long
-    stage shows signs of life in the UI without flooding it. Returns the start and the end of the
-    output (DVC says what it does with a stage first); a non-zero exit raises ``StageFailed``.
-    """
+def run_dvc(root: str | Path, args: list[str], api: str | None,
+            parent_task_run_id: str | None = None) -> DvcRun:
+    """Run ``dvc ARGS`` in ``root``, its output relayed to Prefect's logger; a non-zero exit
+    raises ``StageFailed`` with the end of the output."""
     log = get_run_logger()
     cmd = ["dvc", *args]
     log.info("$ %s", " ".join(cmd))
-    proc = subprocess.Popen(cmd, cwd=root, env=_child_env(api_url), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=root, env=child_env(api, parent_task_run_id), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
-    head: list[str] = []
-    tail: deque[str] = deque(maxlen=40)
-    last_redraw = time.monotonic()
+    relay = Relay(log, child_records_in_api=bool(api and parent_task_run_id))
     assert proc.stdout is not None
-    for line, redraw in _segments(proc.stdout):
-        if not line or (redraw and time.monotonic() - last_redraw < PROGRESS_EVERY_S):
-            continue
-        if redraw:
-            last_redraw = time.monotonic()
-        log.info(line)
-        tail.append(line)
-        if len(head) < 20:
-            head.append(line)
+    for text, redraw in segments(proc.stdout):
+        relay.feed(text, redraw)
     if (rc := proc.wait()) != 0:
-        raise StageFailed(f"`{' '.join(cmd)}` exited with {rc}:\n" + "\n".join(tail))
-    return "\n".join(head + list(tail))
+        raise StageFailed(f"`{' '.join(cmd)}` exited with {rc}:\n" + "\n".join(relay.tail))
+    return DvcRun(relay.said(), relay.times)
 
 
-def _work_seconds(root: Path, stage: Stage) -> float | None:
+def reported_work_seconds(root: Path, stage: Stage) -> float | None:
     """The time a stage says its own work took: ``seconds`` in its metrics file(s), else the sum
-    of its top-level ``*_seconds`` (e.g. ``train_seconds``); None when it reports neither."""
+    of its top-level ``*_seconds`` (e.g. ``train_seconds``); None when it reports neither. Used
+    for stages whose process does not report its times (not one of ours)."""
     total = None
     for rel in stage.metrics:
         try:
@@ -168,15 +118,27 @@ def _work_seconds(root: Path, stage: Stage) -> float | None:
     return total
 
 
+@dataclass
+class StageOutcome:
+    status: str  # ran | restored | up to date | frozen
+    attempts: int
+    times: ProcessTimes | None  # the stage process's own report, when it ran one of ours
+
+
 @task(cache_policy=NO_CACHE)
-def run_stage(root: str, stage: str, api_url: str | None = None) -> tuple[str, int]:
-    """Ask DVC to bring one stage up to date; returns (what DVC did, which attempt this was)."""
-    said = _dvc(root, ["repro", "--single-item", stage], api_url)
-    status = next((s for pat, s in STATUS_LINES if pat.format(stage) in said), "up to date")
-    return status, task_run.run_count
+def run_stage(root: str, stage: str, api: str | None = None, known: str = "ask") -> StageOutcome:
+    """Bring one stage up to date: ``dvc repro --single-item`` (the stage runs as a subflow of this
+    task) unless DVC's status says it is current. ``known``: ``stale`` or ``current`` when the
+    run's status check already said so and nothing upstream has run since; ``ask`` checks now."""
+    if known == "current" or (known == "ask" and not is_stale(root, stage)):
+        get_run_logger().info("stage %s is up to date (dvc status)", stage)
+        return StageOutcome("up to date", task_run.run_count, None)
+    run = run_dvc(root, ["repro", "--single-item", stage], api, str(task_run.id))
+    status = next((s for pat, s in STATUS_LINES if pat.format(stage) in run.said), "up to date")
+    return StageOutcome(status, task_run.run_count, run.times[-1] if run.times else None)
 
 
-def _verbose_run_logs() -> None:
+def verbose_run_logs() -> None:
     """Stage output is logged at INFO: let it through even when PREFECT_LOGGING_LEVEL is WARNING."""
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logger = logging.getLogger(name)
@@ -184,12 +146,24 @@ def _verbose_run_logs() -> None:
             logger.setLevel(logging.INFO)
 
 
-def run_stages(root: Path, targets: list[str] | None, retries: int, retry_delay_s: float) -> list[StageTime]:
-    """One task per stage in DAG order; every stage's wall time goes to reports/ even on failure."""
+def _row(run_name: str, started: str, stage: Stage, root: Path, out: StageOutcome,
+         seconds: float) -> StageTime:
+    t = out.times
+    work = t.work if t else reported_work_seconds(root, stage) if out.status == "ran" else None
+    return StageTime(run_name, started, stage.name, out.status, out.attempts, seconds, work,
+                     t.imports if t else None, t.prefect if t else None)
+
+
+def run_stages(root: Path, targets: list[str] | None, retries: int, retry_delay_s: float,
+               times_root: Path | None = None) -> list[StageTime]:
+    """One task per stage in DAG order; every stage's wall time goes to ``times_root`` (default
+    ``root``) ``reports/stage_times.*``, even on failure."""
     log = get_run_logger()
     stages = dag_stages(root, targets)
     log.info("DAG order from dvc.yaml: %s", " -> ".join(s.name for s in stages))
-    api_url = _api_url()
+    stale = set(stale_stages(root, [s.name for s in stages], upstream=False))  # one status for all
+    ran = False  # once a stage has run, a stage that was current may not be any more: ask again
+    api = api_url()
     run_name = flow_run.name or "manual"
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     times: list[StageTime] = []
@@ -201,15 +175,15 @@ def run_stages(root: Path, targets: list[str] | None, retries: int, retry_delay_
                 retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay_s),
             )  # fmt: skip
             try:
-                status, attempts = stage_task(str(root), s.name, api_url)
+                known = "stale" if s.name in stale else "ask" if ran else "current"
+                out = stage_task(str(root), s.name, api, known)
             except Exception:
                 times.append(StageTime(run_name, started, s.name, "failed", retries + 1,
                                        time.perf_counter() - t0))
                 raise
-            work = _work_seconds(root, s) if status == "ran" else None
-            seconds = time.perf_counter() - t0
-            times.append(StageTime(run_name, started, s.name, status, attempts, seconds, work))
+            times.append(_row(run_name, started, s, root, out, time.perf_counter() - t0))
+            ran = ran or out.status in ("ran", "restored")
     finally:
         if times:
-            stage_times.append(root, times)
+            stage_times.append(times_root or root, times)
     return times

@@ -56,11 +56,12 @@ def diff_markdown(previous: dict | None, current: dict[str, dict], title: str) -
     return "\n".join(lines) + "\n"
 
 
-def publish_metrics(root: Path, note: str = "") -> dict[str, dict]:
-    """The table and diff artifacts of this run; then this run becomes the 'previous run'."""
+def publish_metrics(root: Path, note: str = "", state_root: Path | None = None) -> dict[str, dict]:
+    """The table and diff artifacts of the metrics in ``root``; then this run becomes the
+    'previous run' of ``state_root`` (default ``root``: a retrain's workspace is temporary)."""
     metrics = workspace_metrics(root)
     run_name = flow_run.name or "manual"
-    last = Layout(root).last_metrics
+    last = Layout(state_root or root).last_metrics
     previous = json.loads(last.read_text()) if last.is_file() else None
     suffix = f" ({note})" if note else ""
     create_table_artifact(metrics_rows(metrics), key=METRICS_KEY,

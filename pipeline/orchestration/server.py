@@ -23,11 +23,30 @@ def healthy(api_url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def ui_url(api_url: str) -> str:
+    """The UI's address for an API address (the UI is served beside the API, without ``/api``)."""
+    url = api_url.rstrip("/")
+    return url[: -len("/api")] if url.endswith("/api") else url
+
+
+def server_env(port: int) -> dict[str, str]:
+    """The environment of ``prefect server start`` on 127.0.0.1:``port``.
+
+    The UI is a JavaScript app that asks ``/ui-settings`` where the API is; the server answers
+    from ``PREFECT_UI_API_URL`` (else ``PREFECT_SERVER_API_PORT``), not from ``--port``, so without
+    these the UI of a server on any port but 4200 looks for its API on 4200 and shows nothing.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_UI_URL")}
+    env.update(PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port),
+               PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api", PREFECT_UI_URL=f"http://127.0.0.1:{port}")
+    return env
+
+
 def start_server(port: int, log_path: Path, timeout: float = 180.0) -> subprocess.Popen:
-    """``prefect server start`` on 127.0.0.1 only; returns once its API answers."""
+    """``prefect server start`` on 127.0.0.1 only, its UI pointed at the same port; returns once
+    its API answers."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env["PREFECT_SERVER_API_HOST"] = "127.0.0.1"
+    env = server_env(port)
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -74,8 +93,10 @@ def serve(
         server = start_server(port, log)
     elif not healthy(url):
         raise SystemExit(f"no Prefect server answers at {url}: add --start-server, or start one with "
-                         f"`prefect server start --host 127.0.0.1 --port {port}`")
+                         f"`PREFECT_UI_API_URL=http://127.0.0.1:{port}/api prefect server start "
+                         f"--host 127.0.0.1 --port {port}` (or set PREFECT_API_URL to yours)")
     os.environ["PREFECT_API_URL"] = url  # for the flow-run subprocesses and the stages they start
+    print(f"serving retrain/{name} ({cron!r}) and reproduce/vfmtok-reproduce; UI: {ui_url(url)}", flush=True)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops serving like Ctrl-C
     common = {"root": str(path), "retries": retries, "retry_delay_s": retry_delay_s}
     try:
@@ -83,7 +104,8 @@ def serve(
             prefect.serve(
                 retrain_flow.to_deployment(
                     name, cron=cron, parameters={**common, "set_params": set_params or []},
-                    description="Scheduled retrain: the DVC stages, then `dvc exp run -n NAME`.",
+                    description="Scheduled retrain in an isolated clone: the DVC stages, a named DVC "
+                                "experiment, then the promotion gate (promote.* in params.yaml).",
                     entrypoint_type=EntrypointType.MODULE_PATH,
                 ),
                 reproduce_flow.to_deployment(

@@ -5,6 +5,9 @@ Markdown is the readable view (runs as rows, stages as columns, newest last). ``
 wall time DVC took for the stage, retries and backoff included; ``work_seconds`` is the time the
 stage wrote in its own metrics file when it actually ran (``seconds``, else its ``*_seconds``), so
 the two columns together show what DVC + Prefect + process start cost around the stage's work.
+A stage process of this project reports its own split (``pipeline/orchestration/stage_process.py``):
+``work_seconds`` is then its flow's body, ``import_seconds`` its imports (torch and the rest of
+what it uses) and ``prefect_seconds`` Prefect's share inside the process.
 Plain Python, no Prefect.
 """
 
@@ -29,7 +32,9 @@ class StageTime:
     status: str  # ran | restored (DVC run-cache) | up to date | frozen | failed
     attempts: int  # 1 + retries used
     seconds: float  # wall time of the stage inside the run, every attempt and backoff included
-    work_seconds: float | None = None  # the stage's own time metric when it ran
+    work_seconds: float | None = None  # the stage's work when it ran (its flow's body, else its own metric)
+    import_seconds: float | None = None  # the stage process importing what it uses (torch, ...)
+    prefect_seconds: float | None = None  # the stage process's Prefect: its import and the flow run
 
 
 COLUMNS = [f.name for f in fields(StageTime)]
@@ -43,13 +48,19 @@ def read(root: str | Path) -> list[StageTime]:
     rows = []
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
-            work = r.get("work_seconds") or ""
             rows.append(StageTime(
                 run=r["run"], started_utc=r["started_utc"], stage=r["stage"], status=r["status"],
                 attempts=int(r["attempts"]), seconds=float(r["seconds"]),
-                work_seconds=float(work) if work else None,
+                work_seconds=_opt(r, "work_seconds"), import_seconds=_opt(r, "import_seconds"),
+                prefect_seconds=_opt(r, "prefect_seconds"),
             ))  # fmt: skip
     return rows
+
+
+def _opt(row: dict, key: str) -> float | None:
+    """An optional number (empty, or a column that older files do not have: None)."""
+    value = row.get(key) or ""
+    return float(value) if value else None
 
 
 def append(root: str | Path, new: list[StageTime]) -> None:
@@ -61,7 +72,8 @@ def append(root: str | Path, new: list[StageTime]) -> None:
     for r in rows:
         d = asdict(r)
         d["seconds"] = f"{r.seconds:.3f}"
-        d["work_seconds"] = "" if r.work_seconds is None else f"{r.work_seconds:.3f}"
+        for key in ("work_seconds", "import_seconds", "prefect_seconds"):
+            d[key] = "" if d[key] is None else f"{d[key]:.3f}"
         writer.writerow(d)
     layout = Layout(Path(root))
     files.write_text(layout.stage_times("csv"), buf.getvalue())
@@ -71,7 +83,8 @@ def append(root: str | Path, new: list[StageTime]) -> None:
 def _cell(r: StageTime) -> str:
     text = f"{r.seconds:.1f} s"
     if r.work_seconds is not None:
-        text += f" (work {r.work_seconds:.1f})"
+        text += f" (work {r.work_seconds:.1f}" + ("" if r.import_seconds is None else
+                                                  f", imports {r.import_seconds:.1f}") + ")"
     if r.status != "ran":
         text += f" {r.status}"
     if r.attempts > 1:
@@ -92,7 +105,7 @@ def render_markdown(rows: list[StageTime], max_runs: int = MAX_RUNS_SHOWN) -> st
         "",
         "Written by `vfmtok-pipeline reproduce` / the `retrain` deployment from `stage_times.csv`. "
         "A cell is the stage's wall time under DVC (retries included); `work` is the time the stage "
-        "reported for its own work; no suffix means the stage ran.",
+        "reported for its own work and `imports` its imports (torch, ...); no suffix means the stage ran.",
         "",
         "| run | started (UTC) | " + " | ".join(stages) + " | total |",
         "|---|---|" + "---|" * len(stages) + "---|",

@@ -26,6 +26,7 @@ from pipeline.formats.prepared import SplitImages
 from pipeline.layout import Layout
 from pipeline.params import Params, load_params
 from pipeline.reporting.live import open_live, read_curve
+from pipeline.reporting.progress import Progress
 from pipeline.sample_quality import SampleQuality
 from pipeline.token_stream import TokenStream, iter_batches
 from pipeline.trained import load_tokenizer
@@ -80,12 +81,14 @@ def fit(params: Params, layout: Layout, device: torch.device) -> Trained:
     model = generators.build_generator(model_cfg).to(device)
     run_config = {k: result_dict(getattr(params, k)) for k in ("tokenizer", "ar_model", "judge", STAGE)}
     run_config["tokens_sha256"] = train.meta.get("tokenizer_sha256")
-    live = None
+    live, progress = None, None
 
     def log(step: int, logs: dict[str, float]) -> None:
-        nonlocal live
+        nonlocal live, progress
         if live is None:
             live = open_live(layout.live(STAGE), step)
+            progress = Progress(STAGE, cfg.steps, start=step)
+        progress.update(step, logs)
         live.log_metric("train/loss", logs["loss"])
         live.log_metric("train/lr", logs["lr"])
         if "val_loss" in logs:
@@ -103,6 +106,7 @@ def fit(params: Params, layout: Layout, device: torch.device) -> Trained:
                          quality=_quality(params, layout, device))
     if live is not None:
         live.end()
+        progress.close()
     return Trained(model, steps_run, time.perf_counter() - start)
 
 

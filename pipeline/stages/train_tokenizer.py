@@ -27,6 +27,7 @@ from pipeline.params import Params, load_params
 from pipeline.reconstruction import reconstruct
 from pipeline.reporting import grids
 from pipeline.reporting.live import open_live
+from pipeline.reporting.progress import Progress
 from pipeline.training_data import TokenizerTrainData
 from vfmtok import distributed, files
 from vfmtok.backbones import build_backbone
@@ -65,12 +66,14 @@ def fit(params: Params, layout: Layout, device: torch.device) -> Trained:
     loss_fn = TokenizerLoss(cfg.loss, backbone)
     model, loss_fn = model.to(device), loss_fn.to(device)
     run_config = {k: result_dict(getattr(params, k)) for k in ("prepare", "backbone", "tokenizer", STAGE)}
-    live = None
+    live, progress = None, None
 
     def log(step: int, logs: dict[str, float]) -> None:
-        nonlocal live
+        nonlocal live, progress
         if live is None:  # opened at the first step actually run, which a resume moves on
             live = open_live(layout.live(STAGE), step)
+            progress = Progress(STAGE, cfg.steps, start=step)
+        progress.update(step, logs)
         for k, v in logs.items():
             live.log_metric(f"train/{k}", v)
         live.next_step()
@@ -80,6 +83,7 @@ def fit(params: Params, layout: Layout, device: torch.device) -> Trained:
                              on_log=log, run_config=run_config)
     if live is not None:
         live.end()
+        progress.close()
     get_run_logger().info("trained %d steps (resumed from step %d)", result.steps_run, result.resumed_from)
     return Trained(result.ema.copy_to(model).eval(), result.steps_run, time.perf_counter() - start)
 

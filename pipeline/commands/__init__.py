@@ -1,0 +1,1 @@
+"""Commands that use the pipeline's results: generate, reconstruct, summary (``vfmtok-pipeline ...``)."""

@@ -1,0 +1,105 @@
+"""``vfmtok-pipeline generate``: a grid of new images of one class from the trained models.
+
+Reads only the two model folders (``data/gpt``, ``data/tokenizer``: each rebuilds from its own
+``config.json``) and, to turn a class name into its label, ``data/prepared/classes.json``; a
+class given as a number needs no class file. Bad input (an unknown class, a missing model
+folder, an out-of-range option) is one ``error:`` line and nothing is written.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import UserError
+from pipeline.formats import prepared
+from pipeline.layout import Layout
+
+PER_ROW = 8
+MIN_SIDE = 128  # grid cells are scaled up to at least this many pixels
+
+
+class GenerateError(UserError):
+    """A bad ``generate`` argument (class, count, sampling option)."""
+
+
+@dataclass
+class Sampling:
+    n: int = 16
+    cfg_scale: float = 1.0  # 1.0 = no classifier-free guidance
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def check(self) -> None:
+        problems = [(self.n >= 1, f"-n {self.n}: must be >= 1"),
+                    (self.cfg_scale >= 0, f"--cfg {self.cfg_scale}: must be >= 0"),
+                    (self.temperature >= 0, f"--temperature {self.temperature}: must be >= 0"),
+                    (self.top_k >= 0, f"--top-k {self.top_k}: must be >= 0"),
+                    (0 < self.top_p <= 1, f"--top-p {self.top_p}: must be in (0, 1]")]
+        for ok, text in problems:
+            if not ok:
+                raise GenerateError(text)
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "", text.lower())
+
+
+def resolve_class(spec: str, num_classes: int, classes_dir: Path) -> tuple[int, str]:
+    """``(label, name)`` of a class given by number or by name (case and punctuation ignored:
+    ``t-shirt/top``, ``T-shirt top`` and ``tshirttop`` are the same)."""
+    classes = prepared.read_classes(classes_dir) if (classes_dir / prepared.CLASSES).is_file() else None
+    if spec.strip().lstrip("-").isdigit():
+        label = int(spec)
+        if not 0 <= label < num_classes:
+            raise GenerateError(f"--class {spec}: the model knows classes 0..{num_classes - 1}")
+        name = classes[label]["name"] if classes and label < len(classes) else str(label)
+        return label, name
+    if classes is None:
+        raise GenerateError(f"--class {spec!r}: {classes_dir / prepared.CLASSES} not found to look the name "
+                            f"up; give the class as a number 0..{num_classes - 1}")
+    for c in classes:
+        if _norm(spec) in (_norm(c["name"]), _norm(c["key"])):
+            return int(c["label"]), c["name"]
+    known = ", ".join(f"{c['label']}={c['name']}" for c in classes)
+    raise GenerateError(f"--class {spec!r}: no such class (classes: {known})")
+
+
+def generate_grid(root: Path, class_spec: str, out: Path, sampling: Sampling, device: str = "auto",
+                  tokenizer_dir: Path | None = None, gpt_dir: Path | None = None) -> str:
+    """Sample ``sampling.n`` images of one class, write them as one PNG grid; returns a summary."""
+    sampling.check()
+    import torch
+
+    from pipeline.reporting import grids
+    from vfmtok.generate import generate
+    from vfmtok.gpt import GPT
+    from vfmtok.images import to_uint8
+    from vfmtok.runtime import autocast, pick_device
+    from vfmtok.tokenizer import Tokenizer
+
+    layout = Layout(root)
+    dev = pick_device(device)
+    gpt = GPT.from_pretrained(gpt_dir or layout.gpt, dev)
+    label, name = resolve_class(class_spec, gpt.config.num_classes, layout.prepared)
+    tokenizer = Tokenizer.from_pretrained(tokenizer_dir or layout.tokenizer, dev)
+    if tokenizer.codebook_size != gpt.config.vocab_size or tokenizer.n_tokens != gpt.config.n_tokens:
+        raise GenerateError(f"{gpt_dir or layout.gpt}: the GPT models {gpt.config.n_tokens} tokens of "
+                            f"{gpt.config.vocab_size} codes, the tokenizer {tokenizer.n_tokens} of "
+                            f"{tokenizer.codebook_size}: not a pair")
+    start = time.perf_counter()
+    g = torch.Generator(device=dev).manual_seed(sampling.seed)
+    labels = torch.full((sampling.n,), label, device=dev)
+    with autocast(dev):
+        ids = generate(gpt, labels, gpt.config.n_tokens, temperature=sampling.temperature,
+                       top_k=sampling.top_k, top_p=sampling.top_p, cfg_scale=sampling.cfg_scale, generator=g)
+        images = to_uint8(tokenizer.decode(ids))  # (n, H, W, 3)
+    rows = [images[i : i + PER_ROW] for i in range(0, len(images), PER_ROW)]
+    grids.save_png(out, grids.grid(rows, scale=max(1, -(-MIN_SIDE // images.shape[1]))))
+    return (f"wrote {out}: {sampling.n} samples of class {label} ({name}), {images.shape[1]} px, "
+            f"cfg {sampling.cfg_scale:g}, temperature {sampling.temperature:g}, seed {sampling.seed}, "
+            f"in {time.perf_counter() - start:.1f} s")
