@@ -29,7 +29,7 @@ def _error(tmp_path: Path, mutate) -> ConfigError:
     return info.value
 
 
-@pytest.mark.parametrize("name", ["demo", "smoke", "imagenet"])
+@pytest.mark.parametrize("name", ["demo", "claims", "smoke", "imagenet"])
 def test_every_profile_validates_and_sizes_come_from_the_resolution(name):
     p = load_params(profile_path(name, REPO), check_paths=False)
     assert p.backbone.image_size == p.tokenizer.image_size == p.prepare.resolution
