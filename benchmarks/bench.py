@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import tempfile
@@ -43,7 +42,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from bench_report import device_name, markdown  # noqa: E402
+from bench_report import device_name, markdown, write_report  # noqa: E402
 
 from pipeline.formats.tokens import TokenWriter  # noqa: E402
 from pipeline.params import Params, load_params  # noqa: E402
@@ -377,13 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     report = run(args.suite, device, args.peak_tflops, args.compile)
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
-    stem = Path(args.out)
-    stem = stem.with_suffix("") if stem.suffix in (".json", ".md") else stem
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    md = markdown(report) + f"\nWall time {report['wall_seconds']} s.\n"
-    stem.with_suffix(".md").write_text(md)
-    print(md)
+    write_report(args.out, report, markdown(report) + f"\nWall time {report['wall_seconds']} s.\n")
     return 0
 
 

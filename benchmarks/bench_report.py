@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
@@ -75,3 +76,14 @@ def markdown(report: dict) -> str:
     if notes:
         lines += ["", *[f"- {n}" for n in dict.fromkeys(notes)]]
     return "\n".join(lines) + "\n"
+
+
+def write_report(out: str | Path, report: dict, md: str) -> None:
+    """``OUT.json`` (the figures) and ``OUT.md`` (``md``) beside each other; ``OUT`` may carry
+    either suffix. Prints the Markdown."""
+    stem = Path(out)
+    stem = stem.with_suffix("") if stem.suffix in (".json", ".md") else stem
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(md)
+    print(md)

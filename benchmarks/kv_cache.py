@@ -19,7 +19,6 @@ time far above that FLOP time, spread over hundreds of small calls, is dispatch.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import ROOT, gpt_for, ratio_spread, repeat_times, spread, sync  # noqa: E402
-from bench_report import device_name  # noqa: E402
+from bench_report import device_name, write_report  # noqa: E402
 
 from pipeline.params import load_params  # noqa: E402
 from vfmtok.generate import generate  # noqa: E402
@@ -178,13 +177,7 @@ def main(argv: list[str] | None = None) -> int:
               "torch": torch.__version__, "repeats": args.repeats, "gemm_gflops": args.gemm_rate / 1e9,
               "models": [bench_model(m, args, device) for m in args.models]}
     report["wall_seconds"] = round(time.perf_counter() - start, 1)
-    stem = Path(args.out)
-    stem = stem.with_suffix("") if stem.suffix in (".json", ".md") else stem
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    md = markdown(report) + f"\nWall time {report['wall_seconds']} s.\n"
-    stem.with_suffix(".md").write_text(md)
-    print(md)
+    write_report(args.out, report, markdown(report) + f"\nWall time {report['wall_seconds']} s.\n")
     return 0
 
 
