@@ -152,8 +152,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             print("Data and pipelines are up to date (dvc status): no stage to run, no Prefect run "
                   "started (--record starts one anyway).")
             return 0
+        from pipeline.orchestration.server import start_run_api, wait_until_healthy
+
+        api = start_run_api()  # comes up while Prefect and the flows are imported
         from pipeline.orchestration.flows import reproduce_flow
 
+        if api:
+            wait_until_healthy(api)
         state = reproduce_flow(root=args.root, targets=args.targets or None, retries=args.retries,
                                retry_delay_s=args.retry_delay, return_state=True)
         return 0 if state.is_completed() else 1

@@ -33,8 +33,13 @@ def test_check_and_profile_import_neither_torch_nor_prefect(tmp_path):
 
 
 def test_a_stage_process_imports_only_what_it_uses():
-    """``prepare`` needs neither torch nor timm (nor DVC); the end-of-demo summary needs none of it."""
+    """``prepare`` needs neither torch nor timm (nor DVC), and a stage module imports Prefect only
+    when it runs as a Prefect flow (``pipeline/lazy_prefect.py``); the end-of-demo summary needs
+    none of it."""
     prepare = _modules_after("import pipeline.stage, pipeline.stages.prepare")
-    assert "prefect" in prepare and not prepare & {"torch", "timm", "dvc"}, prepare & {"torch", "timm", "dvc"}
+    unused = {"torch", "timm", "dvc", "prefect"}
+    assert not prepare & unused, prepare & unused
+    evaluate = _modules_after("import pipeline.stages.evaluate")
+    assert "torch" in evaluate and "prefect" not in evaluate
     summary = _modules_after("import pipeline.commands.summary")
     assert not summary & {"torch", "prefect", "dvc"}

@@ -1,5 +1,5 @@
 """The flows over a tiny DVC project: DAG order from dvc.yaml, retries, stage times, artifacts,
-stage flows as subflows, and the retrain (isolated clone, promotion gate).
+stages folded into their tasks, and the retrain (isolated clone, promotion gate).
 
 Runs in Prefect's ephemeral mode (the test session's throw-away PREFECT_HOME); the stages are
 one-line Python commands, so each `dvc repro --single-item` costs about a second.
@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline import lazy_prefect
 from pipeline.layout import Layout
 from pipeline.orchestration import dag, dvc_stages, flows, metrics_artifacts, promotion, relay, stage_process
 from pipeline.params import PromoteParams
@@ -220,13 +221,12 @@ def test_output_segments_split_lines_and_progress_redraws():
 def test_stage_processes_get_no_run_variables(monkeypatch):
     monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "x")
     monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "WARNING")
-    env = dvc_stages.child_env("http://127.0.0.1:1/api", "task-id")
+    env = dvc_stages.child_env("http://127.0.0.1:1/api")
     assert "PREFECT__FLOW_RUN_ID" not in env and env["PREFECT_API_URL"] == "http://127.0.0.1:1/api"
-    assert env["PREFECT_LOGGING_LEVEL"] == "INFO"
+    assert env["PREFECT_LOGGING_LEVEL"] == "INFO" and env[lazy_prefect.FOLD_ENV] == "1"
+    assert "%(asctime)" not in str(relay.child_log_env())
     monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "DEBUG")
-    assert env[dvc_stages.PARENT_ENV] == "task-id" and "%(asctime)" not in str(relay.child_log_env())
-    debug = dvc_stages.child_env(None, "task-id")
-    assert dvc_stages.PARENT_ENV not in debug  # no API to link a subflow through
+    debug = dvc_stages.child_env(None)
     assert debug["PREFECT_LOGGING_LEVEL"] == "DEBUG"
     assert debug.get("PREFECT_API_URL") == os.environ.get("PREFECT_API_URL")  # None: left as it is
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
@@ -246,12 +246,13 @@ def test_relay_logs_each_line_once_and_cuts_bars_off_log_records():
     cap = Capture()
     logger.addHandler(cap)
     now = [0.0]
-    r = relay.Relay(logger, child_records_in_api=True, clock=lambda: now[0])
+    r = relay.Relay(logger, clock=lambda: now[0])
     stream = (b"Running stage 'x':\n\r 10%|#  \r 20%|## "  # a bar, then a record closes it
               b"INFO    | Flow run 'y' - hello\n\r 30%|###   "
               b"INFO    | Task run 'z' - later\n"
               b"[vfmtok] stage x: work 1.500 s, imports 0.250 s, prefect 2.000 s\n"
-              b"WARNING | Task run 't' - careful\n")
+              b"WARNING | Task run 't' - careful\n"
+              b"INFO    | a folded stage's record\n")
     for text, redraw in relay.segments(io.BytesIO(stream)):
         r.feed(text, redraw)
         if "hello" in text:
@@ -260,32 +261,38 @@ def test_relay_logs_each_line_once_and_cuts_bars_off_log_records():
     assert got == [
         ("INFO", "Running stage 'x':", True),
         ("INFO", "10%|#", True),  # the first state at once, the next within PROGRESS_EVERY_S dropped
-        ("INFO", "Flow run 'y' - hello", False),  # the subflow's own record: terminal only
+        ("INFO", "Flow run 'y' - hello", False),  # a Prefect run's own record: terminal only
         ("INFO", "30%|###", True),  # PROGRESS_EVERY_S later: the bar's state, cut off the record
         ("INFO", "Task run 'z' - later", False),
         ("INFO", "[vfmtok] stage x: work 1.500 s, imports 0.250 s, prefect 2.000 s", True),
         ("WARNING", "Task run 't' - careful", False),
+        ("INFO", "a folded stage's record", True),  # reaches the API only through the relay
     ]
     assert r.times == [stage_process.ProcessTimes("x", 1.5, 0.25, 2.0)]
 
 
 TINY_FLOW = """
+import sys
 import time
-from prefect import flow, get_run_logger
+from pipeline.lazy_prefect import flow, get_run_logger, task
+
+@task()
+def step():
+    get_run_logger().info("hello from the stage; prefect imported: %s", "prefect" in sys.modules)
+    time.sleep(0.3)
 
 @flow(name="hello")
 def hello_flow():
-    get_run_logger().info("hello from the stage")
-    time.sleep(0.3)
+    step()
     open("hello.txt", "w").write("hi")
 """
 HELLO_CMD = ("python -c \"import sys; sys.path.insert(0, '.'); from pipeline.orchestration.stage_process "
              "import run_stage_flow; run_stage_flow('hello', 'tinyflow', {})\"")
 
 
-def test_stage_flow_runs_as_a_subflow_of_its_task_and_reports_its_times(tmp_path):
+def test_stage_runs_folded_into_its_task_without_prefect_and_reports_its_times(tmp_path):
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.filters import FlowRunFilter
 
     root = _project(tmp_path / "sub", f"""
         stages:
@@ -297,26 +304,39 @@ def test_stage_flow_runs_as_a_subflow_of_its_task_and_reports_its_times(tmp_path
     state = flows.reproduce_flow(root=str(root), retries=0, return_state=True)
     assert state.is_completed(), state
     (row,) = stage_times.read(root)
-    assert row.status == "ran" and row.work_seconds >= 0.3 and row.prefect_seconds > 0
-    assert row.import_seconds is not None and row.seconds > row.work_seconds + row.prefect_seconds
+    assert row.status == "ran" and row.work_seconds >= 0.3 and row.prefect_seconds is not None
+    assert row.import_seconds is not None and row.seconds > row.work_seconds
 
     with get_client(sync_client=True) as client:
         parent = client.read_flow_runs(flow_run_filter=FlowRunFilter(name={"any_": [row.run]}))[0]
-        children = FlowRunFilter(parent_flow_run_id={"any_": [parent.id]})
-        (child,) = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["hello"])),
-                                         flow_run_filter=children)
-        task = client.read_task_run(child.parent_task_run_id)
-        assert task.flow_run_id == parent.id and task.name.startswith("stage hello")
-        assert child.state.is_completed()
-        both = FlowRunFilterId(any_=[parent.id, child.id])
-        top = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(id=both, parent_task_run_id={"is_null_": True}))
-        assert [r.id for r in top] == [parent.id]  # "Hide subflows" leaves one row
-    child_logs, parent_logs = _logs(child.id), _logs(parent.id)
-    assert any("hello from the stage" in m for m in child_logs)
-    assert not any("hello from the stage" in m for m in parent_logs), "relayed twice into the API"
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id={"any_": [parent.id]}))
+        assert children == [], "a folded stage has no flow run of its own"
+        tasks = {t.name for t in client.read_task_runs() if t.flow_run_id == parent.id}
+        assert any(name.startswith("stage hello") for name in tasks)
+    parent_logs = _logs(parent.id)
+    hello = [m for m in parent_logs if "hello from the stage" in m]
+    assert hello == ["hello from the stage; prefect imported: False"], "once, in the task's log, no Prefect"
     assert any("Running stage 'hello'" in m for m in parent_logs)
     assert not any(re.search(r"\d\d:\d\d:\d\d\.\d{3} \|", m) for m in parent_logs), "a second timestamp"
+
+
+def test_a_stage_alone_is_a_prefect_flow_with_its_tasks(tmp_path, monkeypatch):
+    """Outside an orchestrating run the same module is a Prefect flow; its tasks are Prefect tasks."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "tinyflow.py").write_text(TINY_FLOW)
+    import tinyflow
+
+    tinyflow.hello_flow()
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["hello"])))
+        assert run.state.is_completed()
+        assert any(t.name.startswith("step") for t in client.read_task_runs() if t.flow_run_id == run.id)
+    assert any("prefect imported: True" in m for m in _logs(run.id))
 
 
 def _logs(flow_run_id) -> list[str]:

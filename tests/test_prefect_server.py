@@ -3,8 +3,8 @@
 One documented command, `vfmtok-pipeline serve --start-server --port N --cron ...`, starts the
 server (127.0.0.1 only) and serves the `retrain` deployment on a temporary copy of the repository
 on the smoke profile. The module triggers one retrain through the API and waits for it; the tests
-then check what the server says (its UI pointed at port N, the run with its seven stages as
-subflows, logs, artifacts, the promotion), what the checkout says (untouched: the retrain ran in
+then check what the server says (its UI pointed at port N, the run with a task per stage, the
+stages' output in its log, artifacts, the promotion), what the checkout says (untouched: the retrain ran in
 a clone and came back as a DVC experiment and GTO tags), what a real browser renders of the run
 page, and that stopping `serve` stops the server. About 3-6 minutes on 2 shared cores: the server
 takes 15-20 s to start and the retrain runs all seven smoke stages.
@@ -184,18 +184,17 @@ def test_scheduled_retrain_on_a_real_server(served):
         artifacts = {a.key: a.data for a in found}
         logs = _logs(client, run.id)
         children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id={"any_": [run.id]}))
-        flow_names = {client.read_flow(c.flow_id).name: c for c in children}
-        stage_flows = FlowFilter(name=FlowFilterName(any_=STAGES))
-        top_stage_runs = client.read_flow_runs(  # what "Hide subflows" would still list
-            flow_filter=stage_flows, flow_run_filter=FlowRunFilter(parent_task_run_id={"is_null_": True}))
-        train_logs = _logs(client, flow_names["train_tokenizer"].id)
+        stage_runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=STAGES)))
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
 
-    # One run in the UI, the seven stages inside it as subflows of their stage tasks.
-    assert sorted(flow_names) == sorted(STAGES) and all(c.state.is_completed() for c in children)
-    assert top_stage_runs == [], "stage flows must not be top-level runs"
+    # One run in the UI, a task per stage, each stage folded into its task (no runs of its own).
+    assert children == [] and stage_runs == [], "stages must not be flow runs of their own"
+    stage_tasks = {t.name.rsplit("-", 1)[0]: t for t in tasks if t.name.startswith("stage ")}
+    assert sorted(stage_tasks) == sorted(f"stage {s}" for s in STAGES)
+    assert all(t.state.is_completed() for t in stage_tasks.values())
     assert any("Running stage 'prepare'" in m for m in logs), "DVC's output must reach the run's log"
-    assert any("train_tokenizer step 6/6 (100%)" in m for m in train_logs), "training progress lines"
-    assert not any("train_tokenizer step" in m for m in logs), "a stage's records belong to its subflow"
+    done = [m for m in logs if "train_tokenizer step 6/6 (100%)" in m]
+    assert len(done) == 1, f"training progress lines, each once in the run's log: {done}"
 
     table = json.loads(artifacts[metrics_artifacts.METRICS_KEY])
     assert {"file": "reports/prepare.json", "metric": "images", "value": 100} in table
@@ -220,21 +219,14 @@ def test_scheduled_retrain_on_a_real_server(served):
 @pytest.mark.skipif(browser.chromium_path() is None,
                     reason="chromium not installed (scripts/test.sh installs Debian's `chromium` if it can)")
 def test_the_ui_shows_the_run_with_its_stages_in_a_real_browser(served, tmp_path):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: served.url}), get_client(sync_client=True) as client:
-        children = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(parent_flow_run_id={"any_": [served.run.id]}))
     page = f"http://127.0.0.1:{served.port}/runs/flow-run/{served.run.id}"
     with browser.Browser() as b:
         b.goto(page)
         text = b.wait_for([served.run.name, "Completed", "DAG order from dvc.yaml",
                            "$ dvc repro --single-item"])
         assert "Can't connect to Server API" not in text
-        assert b.click_text("Subflow Runs")
-        b.wait_for([f"{len(STAGES)} Flow runs", *(c.name for c in children)])
+        assert b.click_text("Task Runs")
+        b.wait_for([f"stage {s}" for s in STAGES])
         assert b.click_text("Artifacts")
         b.wait_for([metrics_artifacts.METRICS_KEY, metrics_artifacts.DIFF_KEY, promotion.PROMOTION_KEY])
         shot = b.screenshot(Path(os.environ.get("VFMTOK_UI_SCREENSHOTS", tmp_path)) / "flow-run.png")

@@ -5,9 +5,10 @@
 runs ``dvc repro --single-item STAGE``, so DVC itself runs, restores (run-cache) or skips the stage.
 A failing stage is retried with exponential backoff, and each stage's wall time per run (split into
 the stage's work, its imports and Prefect, as the stage process reports them) is appended to
-``reports/stage_times.{csv,md}``. The stage process runs its flow as a subflow of its task
-(``stage_process.py``), so the run is one row in the UI with its stages inside; DVC's and the
-stages' output is relayed to Prefect's logger (``relay.py``).
+``reports/stage_times.{csv,md}``. The stage process runs folded into its task
+(``pipeline/lazy_prefect.py``: no Prefect import, no flow run of its own), so the run is one row
+in the UI with a task per stage; DVC's and the stages' output is relayed to that task's log
+(``relay.py``).
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run, task_run
 from prefect.tasks import exponential_backoff
 
+from pipeline.lazy_prefect import FOLD_ENV
 from pipeline.orchestration.dag import Stage, dag_stages, is_stale, stale_stages
 from pipeline.orchestration.relay import Relay, child_log_env, segments
-from pipeline.orchestration.stage_process import PARENT_ENV, ProcessTimes
+from pipeline.orchestration.stage_process import ProcessTimes
 from pipeline.reporting import stage_times
 from pipeline.reporting.stage_times import StageTime
 
@@ -50,16 +52,17 @@ class DvcRun:
     times: list[ProcessTimes]  # what each stage process reported about its time
 
 
-def child_env(api_url: str | None, parent_task_run_id: str | None = None) -> dict[str, str]:
+def child_env(api_url: str | None) -> dict[str, str]:
     """The environment of DVC and the stage processes it starts.
 
-    The venv's ``bin`` goes first on PATH (``dvc`` and ``vfmtok-pipeline``). Prefect's per-run
-    variables (``PREFECT__*``) must not leak into the stages' own flows. Pointing the stages at
-    this run's API spares each of them the start of a throw-away ephemeral server (~10 s) and lets
-    them run as subflows of ``parent_task_run_id``. The stages log at INFO at least, like this
-    flow, without timestamps (the relay adds its own).
+    The venv's ``bin`` goes first on PATH (``dvc`` and ``vfmtok-pipeline``). Our stages run folded
+    into the task (:data:`FOLD_ENV`). Prefect's per-run variables (``PREFECT__*``) must not leak
+    into a stage command that is a Prefect flow of its own; pointing such a command at this run's
+    API spares it the start of a throw-away ephemeral server (~10 s). The stages log at INFO at
+    least, like this flow, without timestamps (the relay adds its own).
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT__") and k != PARENT_ENV}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT__")}
+    env[FOLD_ENV] = "1"
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
     if env.get("PREFECT_LOGGING_LEVEL", "INFO").upper() in ("WARNING", "ERROR", "CRITICAL"):
@@ -67,8 +70,6 @@ def child_env(api_url: str | None, parent_task_run_id: str | None = None) -> dic
     env.update(child_log_env())
     if api_url:
         env["PREFECT_API_URL"] = api_url
-        if parent_task_run_id:
-            env[PARENT_ENV] = parent_task_run_id
     return env
 
 
@@ -81,16 +82,15 @@ def api_url() -> str | None:
     return url if url.startswith(("http://", "https://")) and "ephemeral-prefect" not in url else None
 
 
-def run_dvc(root: str | Path, args: list[str], api: str | None,
-            parent_task_run_id: str | None = None) -> DvcRun:
+def run_dvc(root: str | Path, args: list[str], api: str | None) -> DvcRun:
     """Run ``dvc ARGS`` in ``root``, its output relayed to Prefect's logger; a non-zero exit
     raises ``StageFailed`` with the end of the output."""
     log = get_run_logger()
     cmd = ["dvc", *args]
     log.info("$ %s", " ".join(cmd))
-    proc = subprocess.Popen(cmd, cwd=root, env=child_env(api, parent_task_run_id), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=root, env=child_env(api), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
-    relay = Relay(log, child_records_in_api=bool(api and parent_task_run_id))
+    relay = Relay(log)
     assert proc.stdout is not None
     for text, redraw in segments(proc.stdout):
         relay.feed(text, redraw)
@@ -127,13 +127,13 @@ class StageOutcome:
 
 @task(cache_policy=NO_CACHE)
 def run_stage(root: str, stage: str, api: str | None = None, known: str = "ask") -> StageOutcome:
-    """Bring one stage up to date: ``dvc repro --single-item`` (the stage runs as a subflow of this
+    """Bring one stage up to date: ``dvc repro --single-item`` (the stage runs folded into this
     task) unless DVC's status says it is current. ``known``: ``stale`` or ``current`` when the
     run's status check already said so and nothing upstream has run since; ``ask`` checks now."""
     if known == "current" or (known == "ask" and not is_stale(root, stage)):
         get_run_logger().info("stage %s is up to date (dvc status)", stage)
         return StageOutcome("up to date", task_run.run_count, None)
-    run = run_dvc(root, ["repro", "--single-item", stage], api, str(task_run.id))
+    run = run_dvc(root, ["repro", "--single-item", stage], api)
     status = next((s for pat, s in STATUS_LINES if pat.format(stage) in run.said), "up to date")
     return StageOutcome(status, task_run.run_count, run.times[-1] if run.times else None)
 

@@ -5,10 +5,13 @@ The output mixes three things, each handled once:
 - a progress bar's redraws (text ended by a bare ``\\r``): one line at most every
   ``PROGRESS_EVERY_S``, so a long stage shows signs of life without flooding the log, and a bar
   left open by a log line is cut off from it instead of running into it;
-- the stage process's own Prefect log records: that process formats them without a timestamp
-  (:func:`child_log_env`), so the relayed copy carries one, the relaying logger's. When the stage
-  runs as a subflow its records are already in the API under its own run, so they are relayed to
-  the terminal only (``send_to_api=False``); otherwise they go to the API here.
+- the stage process's log records (``LEVEL   | message``): a stage of ours runs folded into the
+  relaying task (``pipeline/lazy_prefect.py``), so its records reach the API only through this
+  relay, under that task, with one timestamp (the relaying logger's). A record of a Prefect run
+  logger in the child (``Flow run 'x' - ...``, ``Task run 'x' - ...``: a stage command that is a
+  Prefect flow of its own) is in the API already under that run: relayed to the terminal only
+  (``send_to_api=False``). Prefect's console formats lose their timestamp in the child
+  (:func:`child_log_env`) for the same reason.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ PROGRESS_EVERY_S = 30.0  # how often a running progress bar's state is logged
 _LEVEL = r"(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL) +\| "
 RECORD = re.compile(_LEVEL + r"(?P<msg>.*)")  # a record of the stage process's Prefect logger
 RUN_IN = re.compile(_LEVEL + r"(?:Flow run|Task run|prefect)")  # such a record after a bar's text
+IN_API = re.compile(r"(?:Flow run|Task run) '[^']*' - ")  # a record a Prefect run logger shipped itself
 
 
 def child_log_env() -> dict[str, str]:
@@ -61,7 +65,6 @@ class Relay:
     """Feeds ``(text, is_redraw)`` segments to ``log``; keeps the start and end of the output."""
 
     log: logging.Logger | logging.LoggerAdapter
-    child_records_in_api: bool  # the stage's records already reach the API (it runs as a subflow)
     clock: Callable[[], float] = time.monotonic
     head: list[str] = field(default_factory=list)
     tail: deque = field(default_factory=lambda: deque(maxlen=40))
@@ -94,7 +97,7 @@ class Relay:
         if (t := parse_times(text)) is not None:
             self.times.append(t)
         if (m := RECORD.match(text)) is not None:
-            extra = None if not self.child_records_in_api else {"send_to_api": False}
+            extra = {"send_to_api": False} if IN_API.match(m["msg"]) else None
             self.log.log(logging.getLevelName(m["level"]), m["msg"], extra=extra)
         else:
             self.log.info(text)

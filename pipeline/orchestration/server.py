@@ -1,10 +1,14 @@
-"""``serve``: the retrain on a cron schedule (and ``reproduce`` on demand) against a Prefect server,
-optionally one we start ourselves on 127.0.0.1."""
+"""Prefect servers: ``serve`` (the retrain on a cron schedule, and ``reproduce`` on demand) against a
+Prefect server, optionally one we start ourselves on 127.0.0.1; and the throw-away API of one
+``vfmtok-pipeline reproduce`` run (:func:`start_run_api`)."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +16,8 @@ import urllib.request
 from pathlib import Path
 
 from pipeline.layout import Layout
-from pipeline.orchestration.flows import DEPLOYMENT, reproduce_flow, retrain_flow
+
+DEPLOYMENT = "vfmtok-retrain"
 
 
 def healthy(api_url: str, timeout: float = 2.0) -> bool:
@@ -71,6 +76,46 @@ def stop_server(proc: subprocess.Popen | None, timeout: float = 30.0) -> None:
         proc.wait()
 
 
+def free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_run_api() -> str | None:
+    """A throw-away Prefect API for one run, started *before* this process imports Prefect.
+
+    Without ``PREFECT_API_URL`` a flow call starts Prefect's ephemeral server itself: it first
+    imports the server app in the calling process (~4.5 s on 2 cores), then starts it in a
+    subprocess and waits; only then does anything else happen. Started here instead (the same
+    server: uvicorn on the API app, UI off, this ``PREFECT_HOME``'s database), it comes up while
+    this process imports Prefect, DVC and the flows (~3 s), and ``PREFECT_API_URL`` points the run
+    and its stage processes at it. Returns the API address, or None when ``PREFECT_API_URL``
+    already names a server (the user's own). Stopped at exit like the ephemeral one: registered
+    before Prefect's log and event workers, it stops after they have shipped their last records.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    port = free_port()
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+           "PREFECT__SERVER_FINAL": "1"}
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+           "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"]
+    proc = subprocess.Popen(cmd, env=env)
+    atexit.register(stop_server, proc)
+    url = f"http://127.0.0.1:{port}/api"
+    os.environ["PREFECT_API_URL"] = url  # read when Prefect is first imported, after this
+    return url
+
+
+def wait_until_healthy(url: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not healthy(url, timeout=1.0):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the run's Prefect API did not answer at {url} within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
 def serve(
     root: str = ".", cron: str = "0 3 * * 0", name: str = DEPLOYMENT, set_params: list[str] | None = None,
     start: bool = False, port: int = 4200, retries: int = 2, retry_delay_s: float = 10.0,
@@ -83,6 +128,8 @@ def serve(
     import prefect
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from prefect.types.entrypoint import EntrypointType
+
+    from pipeline.orchestration.flows import reproduce_flow, retrain_flow
 
     path = Path(root).resolve()
     url = (None if start else os.environ.get("PREFECT_API_URL")) or f"http://127.0.0.1:{port}/api"

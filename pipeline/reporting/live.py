@@ -1,5 +1,11 @@
 """DVCLive logging that survives a resume: the curves continue from the checkpoint's step
-instead of repeating the steps a killed run logged after its last checkpoint."""
+instead of repeating the steps a killed run logged after its last checkpoint.
+
+A DVCLive step (``log_metric`` ... ``next_step``: it rewrites the summary and appends every curve)
+costs ~45 ms on 2 cores, 5% of a demo training step, so the loops log a curve point every
+:func:`curve_every` steps (about :data:`CURVE_POINTS` a run), and always the steps that carry a
+validation or sample-quality figure and the last one.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +37,22 @@ def open_live(live_dir: Path, start_step: int) -> Live:
         live = Live(str(live_dir), resume=False, save_dvc_exp=False, dvcyaml=None)
     live.step = start_step
     return live
+
+
+CURVE_POINTS = 200
+
+
+def curve_every(total_steps: int, points: int = CURVE_POINTS) -> int:
+    """Log a curve point every this many steps: about ``points`` points a run."""
+    return max(1, total_steps // points)
+
+
+def log_step(live: Live, step: int, metrics: dict[str, float]) -> None:
+    """One curve point at the 0-based ``step``."""
+    live.step = step
+    for name, value in metrics.items():
+        live.log_metric(name, value)
+    live.next_step()
 
 
 def read_curve(live_dir: Path, metric: str) -> list[tuple[int, float]]:

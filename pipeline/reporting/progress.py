@@ -21,18 +21,11 @@ LINES_PER_RUN = 20  # default: a line every 5% of the run
 
 
 def _run_logger() -> logging.Logger | logging.LoggerAdapter:
-    """The current Prefect run's logger (terminal and API), else a plain module logger."""
-    try:
-        from prefect import get_run_logger
-        from prefect.exceptions import MissingContextError
+    """The current Prefect run's logger (terminal and API), else the stage's plain logger (a stage
+    folded into an orchestrating task: its stdout is that task's log)."""
+    from pipeline.lazy_prefect import get_run_logger
 
-        try:
-            return get_run_logger()
-        except MissingContextError:
-            pass
-    except ImportError:  # pragma: no cover - prefect is a dependency; kept importable without it
-        pass
-    return logging.getLogger(__name__)
+    return get_run_logger()
 
 
 def format_eta(seconds: float) -> str:

@@ -22,13 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from pipeline import evaluation
 from pipeline.formats import features, samples, tokens
 from pipeline.formats.prepared import SplitImages
 from pipeline.layout import Layout
+from pipeline.lazy_prefect import flow, get_run_logger, task
 from pipeline.params import Params, load_params
 from pipeline.reconstruction import reconstruct_batch
 from pipeline.reporting import metrics_table, plots
@@ -41,7 +40,7 @@ from vfmtok.metrics import batch_psnr, batch_ssim, codebook_usage, error_bias, f
 from vfmtok.tokenizer import Tokenizer
 
 
-@task(cache_policy=NO_CACHE)
+@task()
 def generation(fid: inception.InceptionFeatures, ref: evaluation.Reference | None, sample_images: np.ndarray,
                s_pick: np.ndarray, resolution: int, kid_subset_size: int) -> dict:
     """The samples (resized to the evaluation resolution) against the reference: FID from its
@@ -64,7 +63,7 @@ def generation(fid: inception.InceptionFeatures, ref: evaluation.Reference | Non
     return out
 
 
-@task(cache_policy=NO_CACHE)
+@task()
 def reconstruction(params: Params, layout: Layout, tokenizer: Tokenizer, fid: inception.InceptionFeatures,
                    val: SplitImages, val_feats: np.ndarray | None, pick: np.ndarray,
                    device: torch.device) -> dict:
@@ -98,7 +97,7 @@ def reconstruction(params: Params, layout: Layout, tokenizer: Tokenizer, fid: in
     }
 
 
-@task(cache_policy=NO_CACHE)
+@task()
 def readouts(params: Params, layout: Layout, tokenizer: Tokenizer, val: SplitImages,
              device: torch.device) -> dict:
     """Ridge readouts to the pixels (fit on train, scored on val): from the dequantized tokens (a
@@ -120,7 +119,7 @@ def readouts(params: Params, layout: Layout, tokenizer: Tokenizer, val: SplitIma
             "readout_train_images": int(len(t_pick))}
 
 
-@task(cache_policy=NO_CACHE)
+@task()
 def semantics(params: Params, layout: Layout, tokenizer: Tokenizer, val: SplitImages, pick: np.ndarray,
               sample_images: np.ndarray, sample_labels: np.ndarray, s_pick: np.ndarray,
               device: torch.device) -> dict:

@@ -12,13 +12,12 @@ import time
 from pathlib import Path
 
 import torch
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
 from pipeline.errors import retry_unless_user_error
 from pipeline.formats import features, prepared
 from pipeline.layout import Layout
+from pipeline.lazy_prefect import flow, get_run_logger, task
 from pipeline.params import load_params
 from vfmtok import files
 from vfmtok.backbones import FrozenBackbone, build_backbone
@@ -27,7 +26,7 @@ from vfmtok.runtime import autocast, pick_device
 from vfmtok.typed import to_dict
 
 
-@task(retries=2, retry_delay_seconds=1, retry_condition_fn=retry_unless_user_error, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=1, retry_condition_fn=retry_unless_user_error)
 def extract_shard(backbone: FrozenBackbone, layout: Layout, shard: str, batch_size: int,
                   device: torch.device) -> int:
     """Run the backbone over one image shard; write its levels as one feature shard."""

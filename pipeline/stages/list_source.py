@@ -14,10 +14,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from prefect import flow, get_run_logger
-
 from pipeline.formats import source_listing
 from pipeline.layout import Layout
+from pipeline.lazy_prefect import flow, get_run_logger
 from pipeline.params import load_params
 from pipeline.sources import scan
 

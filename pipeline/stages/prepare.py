@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from tqdm import tqdm
 
 from pipeline import sources
@@ -29,6 +27,7 @@ from pipeline.errors import SourceError, retry_unless_user_error
 from pipeline.formats import prepared, source_listing
 from pipeline.formats.image_shards import Codec
 from pipeline.layout import Layout
+from pipeline.lazy_prefect import flow, get_run_logger, task
 from pipeline.params import PrepareParams, load_params
 from vfmtok import files
 
@@ -47,7 +46,7 @@ def _encode(item: sources.SourceItem, codec: Codec) -> bytes | str:
         return str(e)
 
 
-@task(retries=2, retry_delay_seconds=1, retry_condition_fn=retry_unless_user_error, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=1, retry_condition_fn=retry_unless_user_error)
 def prepare_shard(items: list[sources.SourceItem], writer: prepared.PreparedWriter, shard: str,
                   class_names: list[str], pool: Executor | None) -> ShardResult:
     """Decode, resize, crop and encode one shard's images and write them as one shard."""

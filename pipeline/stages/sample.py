@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from pipeline.formats import prepared, samples
 from pipeline.layout import Layout
+from pipeline.lazy_prefect import flow, get_run_logger, task
 from pipeline.params import Params, load_params
 from pipeline.reporting import grids
 from pipeline.trained import load_generator, load_tokenizer
@@ -42,7 +41,7 @@ def _generate(model: Generator, labels: torch.Tensor, params: Params, use_kv_cac
                         compile=s.compile and use_kv_cache)
 
 
-@task(cache_policy=NO_CACHE)
+@task()
 def speed(model: Generator, params: Params, device: torch.device) -> dict:
     """Tokens/s of one batch with and without the KV cache (same seeds, same samples; with
     ``compile`` the compiled step was built by the sampling before)."""

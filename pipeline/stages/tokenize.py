@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from pipeline.errors import retry_unless_user_error
 from pipeline.formats import features, tokens
 from pipeline.formats.prepared import SplitImages
 from pipeline.layout import Layout
+from pipeline.lazy_prefect import flow, get_run_logger, task
 from pipeline.params import load_params
 from pipeline.trained import load_tokenizer
 from vfmtok import distributed, files
@@ -48,7 +47,7 @@ def _encoder(model: Tokenizer, images: SplitImages, feats: features.SplitFeature
     return encode
 
 
-@task(retries=2, retry_delay_seconds=1, retry_condition_fn=retry_unless_user_error, cache_policy=NO_CACHE)
+@task(retries=2, retry_delay_seconds=1, retry_condition_fn=retry_unless_user_error)
 def tokenize_split(
     model: Tokenizer, images: SplitImages, feats: features.SplitFeatures | None, out: Path,
     meta: dict[str, str], flip: bool, batch_size: int, row_group_size: int, device: torch.device,

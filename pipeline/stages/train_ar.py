@@ -17,15 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from pipeline.errors import retry_unless_user_error
 from pipeline.formats import prepared, tokens
 from pipeline.formats.prepared import SplitImages
 from pipeline.layout import Layout
+from pipeline.lazy_prefect import flow, get_run_logger, task
 from pipeline.params import Params, load_params
-from pipeline.reporting.live import open_live, read_curve
+from pipeline.reporting.live import curve_every, log_step, open_live, read_curve
 from pipeline.reporting.progress import Progress
 from pipeline.sample_quality import SampleQuality
 from pipeline.token_stream import TokenStream, iter_batches
@@ -68,7 +67,7 @@ def token_files(params: Params, layout: Layout) -> tuple[tokens.TokenFile, token
     return train, val
 
 
-@task(retries=1, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error, cache_policy=NO_CACHE)
+@task(retries=1, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error)
 def fit(params: Params, layout: Layout, device: torch.device) -> Trained:
     """Build the GPT here, from the seed or the last checkpoint, so that a retried attempt starts
     exactly where an uninterrupted run would be, then train."""
@@ -81,7 +80,7 @@ def fit(params: Params, layout: Layout, device: torch.device) -> Trained:
     model = generators.build_generator(model_cfg).to(device)
     run_config = {k: result_dict(getattr(params, k)) for k in ("tokenizer", "ar_model", "judge", STAGE)}
     run_config["tokens_sha256"] = train.meta.get("tokenizer_sha256")
-    live, progress = None, None
+    live, progress, every = None, None, curve_every(cfg.steps)
 
     def log(step: int, logs: dict[str, float]) -> None:
         nonlocal live, progress
@@ -89,14 +88,12 @@ def fit(params: Params, layout: Layout, device: torch.device) -> Trained:
             live = open_live(layout.live(STAGE), step)
             progress = Progress(STAGE, cfg.steps, start=step)
         progress.update(step, logs)
-        live.log_metric("train/loss", logs["loss"])
-        live.log_metric("train/lr", logs["lr"])
+        point = {"train/loss": logs["loss"], "train/lr": logs["lr"]}
         if "val_loss" in logs:
-            live.log_metric("val/loss", logs["val_loss"])
-        for key in ("quality/fd", "quality/class_acc"):
-            if key in logs:
-                live.log_metric(key, logs[key])
-        live.next_step()
+            point["val/loss"] = logs["val_loss"]
+        point |= {key: logs[key] for key in ("quality/fd", "quality/class_acc") if key in logs}
+        if step % every == 0 or step == cfg.steps - 1 or len(point) > 2:
+            log_step(live, step, point)
 
     start = time.perf_counter()
     steps_run = train_ar(model, rank_stream(train, cfg.batch_size, cfg.seed), cfg,

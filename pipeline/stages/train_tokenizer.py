@@ -16,17 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from pipeline.errors import retry_unless_user_error
 from pipeline.formats import features
 from pipeline.formats.prepared import SplitImages
 from pipeline.layout import Layout
+from pipeline.lazy_prefect import flow, get_run_logger, task
 from pipeline.params import Params, load_params
 from pipeline.reconstruction import reconstruct
 from pipeline.reporting import grids
-from pipeline.reporting.live import open_live
+from pipeline.reporting.live import curve_every, log_step, open_live
 from pipeline.reporting.progress import Progress
 from pipeline.training_data import TokenizerTrainData
 from vfmtok import distributed, files
@@ -52,7 +51,7 @@ def _split_features(params: Params, layout: Layout, images: SplitImages) -> feat
     return features.for_split(layout.features, images, params.tokenizer.kind, params.extract_features.splits)
 
 
-@task(retries=1, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error, cache_policy=NO_CACHE)
+@task(retries=1, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error)
 def fit(params: Params, layout: Layout, device: torch.device) -> Trained:
     """Build the model, loss and optimizer here, from the seed or the last checkpoint, so that a
     retried attempt starts exactly where an uninterrupted run would be, then train."""
@@ -66,7 +65,7 @@ def fit(params: Params, layout: Layout, device: torch.device) -> Trained:
     loss_fn = TokenizerLoss(cfg.loss, backbone)
     model, loss_fn = model.to(device), loss_fn.to(device)
     run_config = {k: result_dict(getattr(params, k)) for k in ("prepare", "backbone", "tokenizer", STAGE)}
-    live, progress = None, None
+    live, progress, every = None, None, curve_every(cfg.steps)
 
     def log(step: int, logs: dict[str, float]) -> None:
         nonlocal live, progress
@@ -74,9 +73,8 @@ def fit(params: Params, layout: Layout, device: torch.device) -> Trained:
             live = open_live(layout.live(STAGE), step)
             progress = Progress(STAGE, cfg.steps, start=step)
         progress.update(step, logs)
-        for k, v in logs.items():
-            live.log_metric(f"train/{k}", v)
-        live.next_step()
+        if step % every == 0 or step == cfg.steps - 1:
+            log_step(live, step, {f"train/{k}": v for k, v in logs.items()})
 
     start = time.perf_counter()
     result = train_tokenizer(model, loss_fn, data, cfg, layout.checkpoints("tokenizer"), device,
@@ -88,7 +86,7 @@ def fit(params: Params, layout: Layout, device: torch.device) -> Trained:
     return Trained(result.ema.copy_to(model).eval(), result.steps_run, time.perf_counter() - start)
 
 
-@task(cache_policy=NO_CACHE)
+@task()
 def validate(params: Params, layout: Layout, model: Tokenizer, device: torch.device) -> dict:
     """Val metrics of the EMA model (reconstruction PSNR, codebook usage, perplexity) and the
     picture of originals above their reconstructions."""
