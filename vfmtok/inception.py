@@ -236,6 +236,10 @@ class InceptionFeatures:
         feats = ("2048", "logits_unbiased") if self.has_logits else ("2048",)
         self.net = load_inception(cache_dir, features_list=feats, device=self.device,
                                   full_weights_path=full_weights_path)
+        if self.device.type == "cpu":
+            # oneDNN's channels-last convolutions: 1.5x the images/s on 2 cores, features equal to
+            # ~1e-6 relative (FID unchanged at its 3 decimals). CUDA keeps the layout it was tested in.
+            self.net = self.net.to(memory_format=torch.channels_last)
 
     @torch.no_grad()
     def extract(self, batches: Iterable[ArrayLike], total: int | None = None,
