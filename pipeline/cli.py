@@ -33,14 +33,15 @@ def _use_profile(name: str, root: str) -> None:
     print(f"params.yaml is now the {name!r} profile ({src})")
 
 
-def _all_current(root: str, targets: list[str]) -> bool:
-    """DVC's status, in-process: nothing to run (a check that fails leaves the decision to the flow)."""
+def _stale(root: str, targets: list[str]) -> list[str] | None:
+    """DVC's status, in-process: the stale stages (None when the check fails: e.g. an unknown
+    target, which the flow then reports properly)."""
     from pipeline.orchestration.dag import stale_stages
 
     try:
-        return not stale_stages(root, targets or None)
-    except Exception:  # noqa: BLE001 - e.g. an unknown target: the flow reports it properly
-        return False
+        return stale_stages(root, targets or None)
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -148,19 +149,22 @@ def _dispatch(args: argparse.Namespace) -> int:
                         args.backbone_weights, args.weights):
             print(line)
     elif args.command == "reproduce":
-        if not args.record and _all_current(args.root, args.targets):
+        from pipeline.orchestration.server import start_run_api
+
+        api = start_run_api()  # comes up while DVC's status, Prefect and the flows load
+        stale = _stale(args.root, args.targets)
+        if not args.record and stale == []:
+            if api:
+                api.stop_now()
             print("Data and pipelines are up to date (dvc status): no stage to run, no Prefect run "
                   "started (--record starts one anyway).")
             return 0
-        from pipeline.orchestration.server import start_run_api, wait_until_healthy
-
-        api = start_run_api()  # comes up while Prefect and the flows are imported
         from pipeline.orchestration.flows import reproduce_flow
 
         if api:
-            wait_until_healthy(api)
+            api.wait_until_healthy()
         state = reproduce_flow(root=args.root, targets=args.targets or None, retries=args.retries,
-                               retry_delay_s=args.retry_delay, return_state=True)
+                               retry_delay_s=args.retry_delay, stale=stale, return_state=True)
         return 0 if state.is_completed() else 1
     elif args.command == "generate":
         from pipeline.commands.generate import Sampling, generate_grid

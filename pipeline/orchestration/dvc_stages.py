@@ -155,13 +155,16 @@ def _row(run_name: str, started: str, stage: Stage, root: Path, out: StageOutcom
 
 
 def run_stages(root: Path, targets: list[str] | None, retries: int, retry_delay_s: float,
-               times_root: Path | None = None) -> list[StageTime]:
+               times_root: Path | None = None, stale: list[str] | None = None) -> list[StageTime]:
     """One task per stage in DAG order; every stage's wall time goes to ``times_root`` (default
-    ``root``) ``reports/stage_times.*``, even on failure."""
+    ``root``) ``reports/stage_times.*``, even on failure. ``stale``: DVC's status of these stages
+    if the caller has just asked it (else one status check here, for all of them)."""
     log = get_run_logger()
     stages = dag_stages(root, targets)
     log.info("DAG order from dvc.yaml: %s", " -> ".join(s.name for s in stages))
-    stale = set(stale_stages(root, [s.name for s in stages], upstream=False))  # one status for all
+    if stale is None:
+        stale = stale_stages(root, [s.name for s in stages], upstream=False)
+    stale = set(stale)
     ran = False  # once a stage has run, a stage that was current may not be any more: ask again
     api = api_url()
     run_name = flow_run.name or "manual"

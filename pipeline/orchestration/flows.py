@@ -29,11 +29,13 @@ from vfmtok.typed import ConfigError
 
 @flow(name="reproduce")
 def reproduce_flow(root: str = ".", targets: list[str] | None = None, retries: int = 2,
-                   retry_delay_s: float = 10.0) -> dict:
-    """``dvc repro`` as one task per stage, then the metrics and diff artifacts."""
+                   retry_delay_s: float = 10.0, stale: list[str] | None = None) -> dict:
+    """``dvc repro`` as one task per stage, then the metrics and diff artifacts. ``stale``: the
+    stale stages when the caller has just asked DVC (``vfmtok-pipeline reproduce`` does, while
+    the run's API starts); None: asked here."""
     verbose_run_logs()
     path = Path(root).resolve()
-    times = run_stages(path, targets, retries, retry_delay_s)
+    times = run_stages(path, targets, retries, retry_delay_s, stale=stale)
     return {"stages": [asdict(t) for t in times], "metrics": publish_metrics(path)}
 
 

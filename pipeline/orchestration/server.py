@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.layout import Layout
@@ -82,17 +83,40 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_run_api() -> str | None:
+@dataclass
+class RunApi:
+    """The throw-away API :func:`start_run_api` started: its address and its server process."""
+
+    url: str
+    proc: subprocess.Popen
+
+    def wait_until_healthy(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not healthy(self.url, timeout=1.0):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the run's Prefect API did not answer at {self.url} within "
+                                   f"{timeout:.0f} s (server exit status {self.proc.poll()})")
+            time.sleep(0.1)
+
+    def stop_now(self) -> None:
+        """Stop it at once (nothing to run after all: it was still starting)."""
+        self.proc.kill()
+        self.proc.wait()
+        os.environ.pop("PREFECT_API_URL", None)
+
+
+def start_run_api() -> RunApi | None:
     """A throw-away Prefect API for one run, started *before* this process imports Prefect.
 
     Without ``PREFECT_API_URL`` a flow call starts Prefect's ephemeral server itself: it first
     imports the server app in the calling process (~4.5 s on 2 cores), then starts it in a
     subprocess and waits; only then does anything else happen. Started here instead (the same
     server: uvicorn on the API app, UI off, this ``PREFECT_HOME``'s database), it comes up while
-    this process imports Prefect, DVC and the flows (~3 s), and ``PREFECT_API_URL`` points the run
-    and its stage processes at it. Returns the API address, or None when ``PREFECT_API_URL``
-    already names a server (the user's own). Stopped at exit like the ephemeral one: registered
-    before Prefect's log and event workers, it stops after they have shipped their last records.
+    this process asks DVC's status and imports Prefect, DVC and the flows (~3-4 s), and
+    ``PREFECT_API_URL`` points the run and its stage processes at it. Returns it, or None when
+    ``PREFECT_API_URL`` already names a server (the user's own). Stopped at exit like the
+    ephemeral one: registered before Prefect's log and event workers, it stops after they have
+    shipped their last records.
     """
     if os.environ.get("PREFECT_API_URL"):
         return None
@@ -105,15 +129,7 @@ def start_run_api() -> str | None:
     atexit.register(stop_server, proc)
     url = f"http://127.0.0.1:{port}/api"
     os.environ["PREFECT_API_URL"] = url  # read when Prefect is first imported, after this
-    return url
-
-
-def wait_until_healthy(url: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not healthy(url, timeout=1.0):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the run's Prefect API did not answer at {url} within {timeout:.0f} s")
-        time.sleep(0.1)
+    return RunApi(url, proc)
 
 
 def serve(
