@@ -43,3 +43,5 @@ def run_experiments(root: str | Path, runs: list[tuple[str, list[str]]], profile
             subprocess.run(cmd, cwd=root, check=True)
     finally:
         files.write_bytes(params_file, original)
+        if api:
+            api.stop()

@@ -104,6 +104,11 @@ class RunApi:
         self.proc.wait()
         os.environ.pop("PREFECT_API_URL", None)
 
+    def stop(self) -> None:
+        """Stop it once its runs are over (the subprocesses that used it have exited)."""
+        stop_server(self.proc)
+        os.environ.pop("PREFECT_API_URL", None)
+
 
 def start_run_api() -> RunApi | None:
     """A throw-away Prefect API for one run, started *before* this process imports Prefect.
