@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -314,7 +315,7 @@ def test_stage_runs_folded_into_its_task_without_prefect_and_reports_its_times(t
         assert children == [], "a folded stage has no flow run of its own"
         tasks = {t.name for t in client.read_task_runs() if t.flow_run_id == parent.id}
         assert any(name.startswith("stage hello") for name in tasks)
-    parent_logs = _logs(parent.id)
+    parent_logs = _logs(parent.id, expect="hello from the stage")
     hello = [m for m in parent_logs if "hello from the stage" in m]
     assert hello == ["hello from the stage; prefect imported: False"], "once, in the task's log, no Prefect"
     assert any("Running stage 'hello'" in m for m in parent_logs)
@@ -336,16 +337,23 @@ def test_a_stage_alone_is_a_prefect_flow_with_its_tasks(tmp_path, monkeypatch):
         (run,) = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["hello"])))
         assert run.state.is_completed()
         assert any(t.name.startswith("step") for t in client.read_task_runs() if t.flow_run_id == run.id)
-    assert any("prefect imported: True" in m for m in _logs(run.id))
+    assert any("prefect imported: True" in m for m in _logs(run.id, expect="prefect imported"))
 
 
-def _logs(flow_run_id) -> list[str]:
+def _logs(flow_run_id, expect: str | None = None, timeout: float = 30.0) -> list[str]:
+    """The run's log messages in the API; with ``expect``, once one contains it (records are
+    shipped in batches, a moment after they are written) or ``timeout`` has passed."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    with get_client(sync_client=True) as client:
-        return [log.message for log in client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)]
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            messages = [log.message for log in client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])), limit=200)]
+        if expect is None or any(expect in m for m in messages) or time.monotonic() > deadline:
+            return messages
+        time.sleep(0.5)
 
 
 def _git_out(cwd: Path, *args: str) -> str:
