@@ -155,7 +155,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         stale = _stale(args.root, args.targets)
         if not args.record and stale == []:
             if api:
-                api.stop_now()
+                api.stop()
             print("Data and pipelines are up to date (dvc status): no stage to run, no Prefect run "
                   "started (--record starts one anyway).")
             return 0

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.orchestration import flows, metrics_artifacts, promotion, server
+from pipeline.orchestration import metrics_artifacts, promotion, server
 from pipeline.stage import STAGES
 from tests import browser
 from tests.conftest import FASHION_MNIST
@@ -157,9 +157,9 @@ def served(tmp_path_factory):
     s = None
     try:
         with temporary_settings(updates={PREFECT_API_URL: url}), get_client(sync_client=True) as client:
-            deployment = _wait_for_deployment(client, f"retrain/{flows.DEPLOYMENT}", proc, log)
+            deployment = _wait_for_deployment(client, f"retrain/{server.DEPLOYMENT}", proc, log)
             run = run_deployment(
-                f"retrain/{flows.DEPLOYMENT}", as_subflow=False, timeout=1200, poll_interval=2,
+                f"retrain/{server.DEPLOYMENT}", as_subflow=False, timeout=1200, poll_interval=2,
                 parameters={"exp_name": "ci-smoke", "set_params": ["extract_features.batch_size=16"]},
             )
         s = Served(project, port, url, proc, log, deployment, run)

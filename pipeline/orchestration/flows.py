@@ -22,7 +22,6 @@ from prefect.cache_policies import NO_CACHE
 from pipeline.orchestration import promotion, workspace
 from pipeline.orchestration.dvc_stages import run_stages, verbose_run_logs
 from pipeline.orchestration.metrics_artifacts import publish_metrics
-from pipeline.orchestration.server import DEPLOYMENT  # noqa: F401 - the retrain's deployment name
 from pipeline.params import load_promote
 from vfmtok.typed import ConfigError
 

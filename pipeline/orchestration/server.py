@@ -56,14 +56,21 @@ def start_server(port: int, log_path: Path, timeout: float = 180.0) -> subproces
     cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url, deadline = f"http://127.0.0.1:{port}/api", time.monotonic() + timeout
-    while not healthy(url):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_server(proc)
-            tail = log_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"prefect server did not start on 127.0.0.1:{port}; {log_path}:\n{tail}")
-        time.sleep(0.5)
+    if not came_up(f"http://127.0.0.1:{port}/api", proc, timeout):
+        stop_server(proc)
+        tail = log_path.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"prefect server did not start on 127.0.0.1:{port}; {log_path}:\n{tail}")
     return proc
+
+
+def came_up(api_url: str, proc: subprocess.Popen, timeout: float) -> bool:
+    """Wait until the API of server ``proc`` answers (True), it exits or ``timeout`` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while not healthy(api_url, timeout=1.0):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def stop_server(proc: subprocess.Popen | None, timeout: float = 30.0) -> None:
@@ -91,21 +98,13 @@ class RunApi:
     proc: subprocess.Popen
 
     def wait_until_healthy(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not healthy(self.url, timeout=1.0):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the run's Prefect API did not answer at {self.url} within "
-                                   f"{timeout:.0f} s (server exit status {self.proc.poll()})")
-            time.sleep(0.1)
-
-    def stop_now(self) -> None:
-        """Stop it at once (nothing to run after all: it was still starting)."""
-        self.proc.kill()
-        self.proc.wait()
-        os.environ.pop("PREFECT_API_URL", None)
+        if not came_up(self.url, self.proc, timeout):
+            raise RuntimeError(f"the run's Prefect API did not answer at {self.url} within "
+                               f"{timeout:.0f} s (server exit status {self.proc.poll()})")
 
     def stop(self) -> None:
-        """Stop it once its runs are over (the subprocesses that used it have exited)."""
+        """Stop it (once the processes that used it are done, or at once if none will) and take
+        ``PREFECT_API_URL`` back."""
         stop_server(self.proc)
         os.environ.pop("PREFECT_API_URL", None)
 
