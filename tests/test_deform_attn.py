@@ -60,21 +60,26 @@ def _random_inputs(B=2, Nq=5, n_heads=2, head_dim=3, P=3, shapes=SHAPES, dtype=t
     return value, loc, weights
 
 
-def test_matches_explicit_bilinear_reference():
+METHODS = ["grid_sample", "dense"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_matches_explicit_bilinear_reference(method):
     value, loc, weights = _random_inputs()
     assert ((loc < 0) | (loc > 1)).any(), "test must cover locations outside the map"
-    out = ms_deform_attn(value, SHAPES, loc, weights)
+    out = ms_deform_attn(value, SHAPES, loc, weights, method=method)
     assert out.shape == (2, 5, 2 * 3) and out.dtype == torch.float32
     ref = _reference(value, SHAPES, loc, weights)
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
 
 
-def test_far_outside_reads_zero_and_pixel_centre_reads_pixel():
+@pytest.mark.parametrize("method", METHODS)
+def test_far_outside_reads_zero_and_pixel_centre_reads_pixel(method):
     value, loc, weights = _random_inputs(B=1, Nq=2, n_heads=1, head_dim=4, P=1, shapes=[(3, 4)])
     loc[0, 0, 0, 0, 0] = torch.tensor([2.0, -1.0])  # far outside
     loc[0, 1, 0, 0, 0] = torch.tensor([(2 + 0.5) / 4, (1 + 0.5) / 3])  # centre of pixel (1, 2)
     weights.fill_(1.0)
-    out = ms_deform_attn(value, [(3, 4)], loc, weights)
+    out = ms_deform_attn(value, [(3, 4)], loc, weights, method=method)
     torch.testing.assert_close(out[0, 0], torch.zeros(4))
     torch.testing.assert_close(out[0, 1], value[0, 1 * 4 + 2, 0])
 
@@ -88,6 +93,25 @@ def test_list_of_maps_and_tensor_shapes_agree_with_flat_input():
     torch.testing.assert_close(ms_deform_attn(value, torch.tensor(SHAPES), loc, weights), flat_out)
 
 
+def test_auto_picks_dense_for_small_maps_and_both_agree_on_large_ones(monkeypatch):
+    from vfmtok import deform_attn
+
+    calls = []
+    real = deform_attn._dense
+    monkeypatch.setattr(deform_attn, "_dense", lambda *a: calls.append(1) or real(*a))
+    value, loc, weights = _random_inputs()  # 5 queries x 63 positions: dense
+    ms_deform_attn(value, SHAPES, loc, weights)
+    assert calls == [1]
+    big = [(40, 40), (20, 20)]  # 40 queries x 2000 positions > DENSE_MAX_ENTRIES: grid_sample
+    value, loc, weights = _random_inputs(B=1, Nq=40, n_heads=2, head_dim=4, P=3, shapes=big)
+    auto = ms_deform_attn(value, big, loc, weights)
+    assert calls == [1]
+    torch.testing.assert_close(auto, ms_deform_attn(value, big, loc, weights, method="dense"),
+                               atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown method"):
+        ms_deform_attn(value, big, loc, weights, method="cuda")
+
+
 def test_shape_errors():
     value, loc, weights = _random_inputs()
     with pytest.raises(ValueError, match="positions"):
@@ -98,7 +122,8 @@ def test_shape_errors():
         ms_deform_attn(value, SHAPES, loc[:, :, :, :2], weights[:, :, :, :2])
 
 
-def test_gradcheck_values_locations_weights():
+@pytest.mark.parametrize("method", METHODS)
+def test_gradcheck_values_locations_weights(method):
     shapes = [(3, 4), (2, 3)]
     value, loc, weights = _random_inputs(
         B=1, Nq=2, n_heads=2, head_dim=2, P=2, shapes=shapes, dtype=torch.float64
@@ -107,7 +132,7 @@ def test_gradcheck_values_locations_weights():
     inputs = tuple(t.clone().requires_grad_(True) for t in (value, loc, weights))
 
     def fn(v, lo, w):
-        return ms_deform_attn(v, shapes, lo, w)
+        return ms_deform_attn(v, shapes, lo, w, method=method)
 
     assert fn(*inputs).dtype == torch.float64  # gradcheck must really run in float64
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5)
@@ -177,18 +202,19 @@ def test_module_forward_shapes_and_gradients():
         m(query, torch.rand(2, 9, 2), maps[:1])
 
 
-def test_core_stays_fp32_under_cpu_autocast():
+@pytest.mark.parametrize("method", METHODS)
+def test_core_stays_fp32_under_cpu_autocast(method):
     value, loc, weights = _random_inputs()
-    expected = ms_deform_attn(value, SHAPES, loc, weights)
+    expected = ms_deform_attn(value, SHAPES, loc, weights, method=method)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = ms_deform_attn(value, SHAPES, loc, weights)
+        got = ms_deform_attn(value, SHAPES, loc, weights, method=method)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     # bf16 values: computed in fp32 from the upcast inputs, returned in bf16
-    got_bf16 = ms_deform_attn(value.bfloat16(), SHAPES, loc, weights)
+    got_bf16 = ms_deform_attn(value.bfloat16(), SHAPES, loc, weights, method=method)
     assert got_bf16.dtype == torch.bfloat16
     torch.testing.assert_close(
-        got_bf16, ms_deform_attn(value.bfloat16().float(), SHAPES, loc, weights).bfloat16()
+        got_bf16, ms_deform_attn(value.bfloat16().float(), SHAPES, loc, weights, method=method).bfloat16()
     )
 
 

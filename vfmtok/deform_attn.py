@@ -8,6 +8,13 @@ runs everywhere, and is differentiable w.r.t. values, locations and weights.
 All the sampling geometry (locations, softmax, bilinear weights) is done in float32
 even under autocast: a location in [0, 1] stored in bf16 has ~2^-8 resolution, i.e.
 a quarter of a pixel on a 64-wide map, which silently blurs the attention.
+
+Two exact implementations of the same sum: ``grid_sample`` per level, and, when the maps are
+small, a "dense" one that scatters each query's bilinear x attention weights into a
+(queries x positions) matrix and multiplies it with the values. At the demo's sizes (64 queries,
+340 positions) the dense one is 2.6x faster forward + backward on CPU (86 -> 33 ms a call,
+``grid_sample``'s CPU backward dominates); at the paper's (256 queries x 4 x 24 x 24 positions) its
+matrix would be 2.4 MB per image and head, so ``grid_sample`` is used there.
 """
 
 from __future__ import annotations
@@ -20,6 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 SpatialShapes = Sequence[tuple[int, int]] | Tensor
+
+# "auto" uses the dense form while one (queries x positions) matrix has at most this many entries.
+DENSE_MAX_ENTRIES = 1 << 16
 
 
 def _fp32_at_least(t: Tensor) -> torch.dtype:
@@ -65,6 +75,7 @@ def ms_deform_attn(
     spatial_shapes: SpatialShapes | None,
     sampling_locations: Tensor,
     attention_weights: Tensor,
+    method: str = "auto",
 ) -> Tensor:
     """Multi-scale deformable attention core: weighted bilinear samples of the value maps.
 
@@ -75,6 +86,8 @@ def ms_deform_attn(
         sampling_locations: (B, Nq, heads, L, P, 2), (x, y) normalised to [0, 1]; pixel
             centres sit at ((j + 0.5) / W, (i + 0.5) / H). Outside the map reads zeros.
         attention_weights: (B, Nq, heads, L, P), already normalised by the caller.
+        method: "grid_sample", "dense" (the same values, see the module docstring) or "auto"
+            (dense while Nq x sum_l H_l*W_l <= ``DENSE_MAX_ENTRIES``).
 
     Returns:
         (B, Nq, heads * head_dim) in the dtype of ``value``; computed in float32
@@ -89,6 +102,11 @@ def ms_deform_attn(
             f"{len(shapes)} levels; locations {tuple(sampling_locations.shape)}, "
             f"weights {tuple(attention_weights.shape)}"
         )
+    if method not in ("auto", "grid_sample", "dense"):
+        raise ValueError(f"unknown method {method!r}: auto | grid_sample | dense")
+    positions = sum(h * w for h, w in shapes)
+    if method == "dense" or (method == "auto" and Nq * positions <= DENSE_MAX_ENTRIES):
+        return _dense(maps, shapes, sampling_locations, attention_weights)
     dt = _fp32_at_least(maps[0])
     with torch.autocast(device_type=sampling_locations.device.type, enabled=False):
         grids = 2.0 * sampling_locations.to(dt) - 1.0  # (B, Nq, heads, L, P, 2)
@@ -106,6 +124,47 @@ def ms_deform_attn(
         # batched matmul: under autocast this would drop to bf16, hence the guard above
         out = torch.matmul(sampled.transpose(1, 2), w).squeeze(-1)  # (B*heads, Nq, head_dim)
         out = out.view(B, n_heads, Nq, head_dim).transpose(1, 2)  # (B, Nq, heads, head_dim)
+    return out.reshape(B, Nq, n_heads * head_dim).to(out_dtype)
+
+
+def _corners(loc: Tensor, shapes: list[tuple[int, int]]) -> tuple[Tensor, Tensor]:
+    """Bilinear taps of locations (B, Nq, heads, L, P, 2) on the levels, as ``grid_sample`` with
+    zeros padding and align_corners=False reads them: flat indices into the concatenated levels
+    and weights, (B, Nq, heads, L, P, 4) each; a tap outside its map gets weight 0."""
+    dt, dev = loc.dtype, loc.device
+    wh = torch.tensor([[w, h] for h, w in shapes], dtype=dt, device=dev)  # (L, 2) as (x, y)
+    sizes = [h * w for h, w in shapes]
+    start = torch.tensor([sum(sizes[:i]) for i in range(len(shapes))], device=dev)[:, None]  # (L, 1)
+    width, height = wh[:, :1].long(), wh[:, 1:].long()  # (L, 1): broadcast over the points
+    pix = loc * wh[:, None, :] - 0.5  # pixel coordinates; pixel centres at integers
+    x0, y0 = pix[..., 0].floor(), pix[..., 1].floor()
+    fx, fy = pix[..., 0] - x0, pix[..., 1] - y0
+    x0, y0 = x0.long(), y0.long()
+    index, weight = [], []
+    taps = ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy))
+    for dx, dy, w in taps:
+        x, y = x0 + dx, y0 + dy
+        inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+        index.append(torch.where(inside, start + y.clamp(min=0) * width + x.clamp(min=0), 0))
+        weight.append(w * inside)
+    return torch.stack(index, -1), torch.stack(weight, -1)
+
+
+def _dense(maps: list[Tensor], shapes: list[tuple[int, int]], loc: Tensor, weights: Tensor) -> Tensor:
+    """The dense form: scatter bilinear x attention weights into A (B*heads, Nq, S), then A @ V."""
+    out_dtype, dt = maps[0].dtype, _fp32_at_least(maps[0])
+    B, _, _, n_heads, head_dim = maps[0].shape
+    Nq = loc.shape[1]
+    with torch.autocast(device_type=loc.device.type, enabled=False):
+        value = torch.cat([m.to(dt).flatten(1, 2) for m in maps], 1)  # (B, S, heads, head_dim)
+        S = value.shape[1]
+        index, tap = _corners(loc.to(dt), shapes)  # (B, Nq, heads, L, P, 4) each
+        tap = tap * weights.to(dt)[..., None]
+        index = index.transpose(1, 2).reshape(B * n_heads, Nq, -1)  # (B*heads, Nq, L*P*4)
+        tap = tap.transpose(1, 2).reshape(B * n_heads, Nq, -1)
+        A = tap.new_zeros(B * n_heads, Nq, S).scatter_add(2, index, tap)  # (B*heads, Nq, S)
+        v = value.permute(0, 2, 1, 3).reshape(B * n_heads, S, head_dim)
+        out = torch.bmm(A, v).view(B, n_heads, Nq, head_dim).transpose(1, 2)  # (B, Nq, heads, hd)
     return out.reshape(B, Nq, n_heads * head_dim).to(out_dtype)
 
 
