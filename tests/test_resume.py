@@ -31,26 +31,31 @@ def kill_at(step_to_die: int):
     return on_log
 
 
-def _tokenizer_run(tmp, backbone, data, on_log=lambda s, l: None):
+def _tokenizer_run(tmp, backbone, data, on_log=lambda s, l: None, restart_dead_every=0):
     torch.manual_seed(0)
     model = build_tokenizer(tiny_tokenizer_config(), backbone)
     loss = TokenizerLoss(LossConfig(gan_start=0.3, gan_weight=0.1), backbone)
     cfg = TokenizerTrainConfig(steps=6, batch_size=4, lr=1e-3, warmup_steps=2, checkpoint_every=2,
-                               ema_decay=0.9, loss=LossConfig(gan_start=0.3, gan_weight=0.1))
+                               ema_decay=0.9, loss=LossConfig(gan_start=0.3, gan_weight=0.1),
+                               restart_dead_every=restart_dead_every)
     res = train_tokenizer(model, loss, data, cfg, tmp, torch.device("cpu"), on_log=on_log)
     return model, res, loss
 
 
-def test_tokenizer_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("restart_dead_every", [0, 3])  # 3: the killed step re-seeds dead codes
+def test_tokenizer_resume_equals_uninterrupted(tmp_path, restart_dead_every):
     backbone = build_backbone(BackboneConfig(kind="efficientnet_lite0", image_size=32))
     data = CachedImages(backbone)
-    ref_model, ref, ref_loss = _tokenizer_run(tmp_path / "a", backbone, data)
+    logs = {}
+    ref_model, ref, ref_loss = _tokenizer_run(tmp_path / "a", backbone, data, logs.__setitem__,
+                                              restart_dead_every)
+    assert logs[5].get("restarted", 0) > 0 if restart_dead_every else "restarted" not in logs[5]
 
-    with pytest.raises(Killed):
-        _tokenizer_run(tmp_path / "b", backbone, data, on_log=kill_at(2))  # dies after step 3 of 6
+    with pytest.raises(Killed):  # dies after step 3 of 6
+        _tokenizer_run(tmp_path / "b", backbone, data, kill_at(2), restart_dead_every)
     assert load_checkpoint(tmp_path / "b" / CHECKPOINT_NAME)["step"] == 2
     torch.manual_seed(123)  # a different init: the checkpoint must override it
-    model, res, loss = _tokenizer_run(tmp_path / "b", backbone, data)
+    model, res, loss = _tokenizer_run(tmp_path / "b", backbone, data, restart_dead_every=restart_dead_every)
     assert res.resumed_from == 2 and res.steps_run == 4
     for (k, v), (k2, v2) in zip(ref_model.state_dict().items(), model.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v, v2), k
@@ -59,7 +64,7 @@ def test_tokenizer_resume_equals_uninterrupted(tmp_path):
     for a, b in zip(ref_loss.discriminator.parameters(), loss.discriminator.parameters(), strict=True):
         assert torch.equal(a, b)
     # A finished checkpoint is not re-trained; a changed config starts over.
-    _, again, _ = _tokenizer_run(tmp_path / "b", backbone, data)
+    _, again, _ = _tokenizer_run(tmp_path / "b", backbone, data, restart_dead_every=restart_dead_every)
     assert again.steps_run == 0
     assert load_checkpoint(tmp_path / "b" / CHECKPOINT_NAME, expected_config="another") is None
 

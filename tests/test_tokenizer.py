@@ -205,6 +205,28 @@ def test_tokens_depend_on_the_image_at_init(backbone):
     torch.testing.assert_close(model.encoder.norm_queries.weight.detach(), torch.full((128,), 0.1))
 
 
+def _image_share(model: Tokenizer, images: torch.Tensor) -> float:
+    """The share of the pixel features' variance (mask-token outputs) that differs between images."""
+    with torch.no_grad():
+        slots = model._quantize(model._latents(images, None)[0])[0]  # (B, N, D)
+        out = model.decoder.pixel_features(slots)  # (B, D, G, G)
+    return float(out.var(dim=0).mean() / out.var(dim=(0, 2, 3)).mean())
+
+
+def test_slot_skip_makes_the_pixel_branch_depend_on_the_tokens_at_init(backbone):
+    images = smooth_images(16, seed=3)
+    torch.manual_seed(0)
+    plain = build_tokenizer(demo_config(n_tokens=64), backbone).train()
+    torch.manual_seed(0)
+    skip = build_tokenizer(demo_config(n_tokens=64, dec_slot_skip=True), backbone).train()
+    assert plain.state_dict().keys() == skip.state_dict().keys()  # no parameters of its own
+    # measured: 5% of the variance depends on the image without the skip, 52% with it
+    without, with_skip = _image_share(plain, images), _image_share(skip, images)
+    assert without < 0.1 and with_skip > 0.3 and with_skip > 5 * without, (without, with_skip)
+    out = skip(images)
+    assert out.recon.shape == images.shape
+
+
 def test_tiny_overfit_halves_pixel_mse_without_code_collapse(backbone):
     torch.manual_seed(0)
     model = build_tokenizer(demo_config(), backbone).train()
@@ -233,6 +255,7 @@ def test_tiny_overfit_halves_pixel_mse_without_code_collapse(backbone):
         (dict(kind="vqgan", vqgan_mult=[1, 2, 4]), "sqrt\\(n_tokens\\)"),
         (dict(kind="vqgan", n_tokens=64), "sqrt\\(n_tokens\\)"),
         (dict(dim=130), "must divide dim"),
+        (dict(dec_slot_skip=True), "pixel_grid\\*\\*2"),  # 16 tokens, an 8 x 8 grid
     ],
 )
 def test_validate_rejects_inconsistent_configs(overrides, message):

@@ -98,6 +98,11 @@ class TokenizerConfig:
     conv_ch: int = field(default=128, metadata=_range(1, 4096))
     conv_mult: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 4], metadata=_range(1, 64))
     conv_res_blocks: int = field(default=2, metadata=_range(1, 16))
+    # The conv decoder's 3x3 padding. "zeros" is taming's (and the public code's); with it the
+    # border pixels see a frame that no interior pixel does and a decoder trained briefly leaves a
+    # fixed error at the four corners (+30-40 grey levels on the demo). "replicate" continues the
+    # border instead and leaves none (tests/test_decoder_norm.py).
+    conv_padding: Literal["zeros", "replicate", "reflect"] = "zeros"
     vqgan_ch: int = field(default=128, metadata=_range(1, 4096))
     vqgan_mult: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 4], metadata=_range(1, 64))
     semantic: bool = True  # vfmtok only
@@ -115,6 +120,10 @@ class TokenizerConfig:
     enc_pos_on_values: bool = False
     # A LayerNorm on each decoder branch's outputs (the public decoder has none).
     dec_out_norm: bool = True
+    # Add slot i to the pixel branch's mask token i (needs n_tokens == pixel_grid**2; not in the
+    # paper): at init the decoder's output barely depends on the slots, and short runs spend most
+    # of their steps learning which slot feeds which cell (see ViTDecoder).
+    dec_slot_skip: bool = False
 
     @property
     def grid(self) -> int:
@@ -133,6 +142,9 @@ class TokenizerConfig:
             raise ConfigError("pixel_grid", self.pixel_grid, f"x 2**(len(conv_mult)-1) = "
                               f"{self.pixel_grid * up} must equal image_size {self.image_size} "
                               "(the conv decoder upsamples x2 per extra level)")
+        if self.dec_slot_skip and self.pixel_grid**2 != self.n_tokens:
+            raise ConfigError("dec_slot_skip", True, f"needs n_tokens == pixel_grid**2, got {self.n_tokens} "
+                              f"tokens and a {self.pixel_grid} x {self.pixel_grid} grid")
         if self.kind == "vqgan":
             down = 2 ** (len(self.vqgan_mult) - 1) if self.vqgan_mult else 0
             if not down or self.image_size % down or self.image_size // down != self.grid:
@@ -198,6 +210,10 @@ class TokenizerTrainConfig(TrainLoopConfig):
 
     ema_decay: float = field(default=0.999, metadata=_range(0.0, 1.0))
     augment: bool = False  # flip + random crop; then features come from the backbone, not the cache
+    # Re-seed codebook rows unused for this many steps with encoder outputs (0 = never, as
+    # published), until this share of the run (vfmtok.dead_codes).
+    restart_dead_every: int = field(default=0, metadata=_range(0))
+    restart_dead_until: float = field(default=0.75, metadata=_range(0.0, 1.0))
     loss: LossConfig = field(default_factory=LossConfig)
 
 

@@ -97,16 +97,22 @@ class ViTDecoder(nn.Module):
         semantic_shape / semantic_channels: (S_h, S_w) and C of the backbone's last level, or
             None / 0 for no semantic branch (the pixel-only baseline, or semantic=False).
         out_norm: a LayerNorm on each branch's outputs (False: none, as in the public code).
+        slot_skip: add slot i to pixel mask token i (needs N == G*G; not in the paper). At init
+            the mask tokens' outputs barely depend on the slots (attention is near uniform, so
+            each sees the mean slot); the skip gives every grid cell its anchor's token from the
+            first step, and attention still mixes the rest.
     """
 
     def __init__(
         self, dim: int, layers: int, n_heads: int, ffn_dim: int, n_slots: int, pixel_grid: int,
         n_registers: int, semantic_shape: tuple[int, int] | None = None, semantic_channels: int = 0,
-        out_norm: bool = True,
+        out_norm: bool = True, slot_skip: bool = False,
     ) -> None:  # fmt: skip
         super().__init__()
+        if slot_skip and n_slots != pixel_grid * pixel_grid:
+            raise ValueError(f"slot_skip needs one slot per pixel-grid cell: {n_slots} != {pixel_grid}**2")
         scale = dim**-0.5
-        self.pixel_grid = pixel_grid
+        self.pixel_grid, self.slot_skip = pixel_grid, slot_skip
         self.slot_pos = nn.Parameter(torch.randn(1, n_slots, dim) * scale)
         self.norm_slots = nn.LayerNorm(dim)
         self.cls = nn.Parameter(torch.randn(1, 1, dim) * scale)
@@ -128,12 +134,15 @@ class ViTDecoder(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def _run(self, slots: Tensor, branch: _Branch) -> Tensor:
+    def _run(self, slots: Tensor, branch: _Branch, skip: bool = False) -> Tensor:
         """slots (B, N, D) -> the branch's M mask-token outputs (B, M, D), out-normed if so built."""
         B = slots.shape[0]
         memory = self.norm_slots(slots + self.slot_pos)  # (B, N, D)
         masks = branch.mask + branch.pos  # (1, M, D)
-        queries = branch.norm_in(torch.cat([self.cls, self.registers, masks], dim=1))  # (1, 1+R+M, D)
+        if skip:  # mask token i starts from slot i
+            masks = masks + slots  # (B, M, D)
+        lead = torch.cat([self.cls, self.registers], dim=1).expand(masks.shape[0], -1, -1)
+        queries = branch.norm_in(torch.cat([lead, masks], dim=1))  # (1 or B, 1+R+M, D)
         x = torch.cat([memory, queries.expand(B, -1, -1)], dim=1)  # (B, N+1+R+M, D)
         for block in self.blocks:
             x = block(x)
@@ -141,7 +150,7 @@ class ViTDecoder(nn.Module):
 
     def pixel_features(self, slots: Tensor) -> Tensor:
         """slots (B, N, D) -> (B, D, G, G) feature map for the conv decoder."""
-        out = self._run(slots, self.pixel)  # (B, G*G, D)
+        out = self._run(slots, self.pixel, self.slot_skip)  # (B, G*G, D)
         g = self.pixel_grid
         return out.transpose(1, 2).reshape(out.shape[0], -1, g, g)
 
@@ -181,10 +190,11 @@ def group_norm(channels: int) -> nn.GroupNorm:
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> conv3x3, twice, plus a (1x1 when widths differ) shortcut."""
 
-    def __init__(self, c_in: int, c_out: int) -> None:
+    def __init__(self, c_in: int, c_out: int, padding_mode: str = "zeros") -> None:
         super().__init__()
-        self.norm1, self.conv1 = group_norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.norm2, self.conv2 = group_norm(c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        pad = padding_mode
+        self.norm1, self.conv1 = group_norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1, padding_mode=pad)
+        self.norm2, self.conv2 = group_norm(c_out), nn.Conv2d(c_out, c_out, 3, padding=1, padding_mode=pad)
         self.shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -212,9 +222,9 @@ class AttnBlock(nn.Module):
 class Upsample(nn.Module):
     """Nearest x2, then a 3x3 conv (taming's resamp_with_conv)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, padding_mode: str = "zeros") -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1, padding_mode=padding_mode)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
@@ -224,24 +234,26 @@ class ConvDecoder(nn.Module):
     """(B, in_ch, G, G) -> (B, 3, G * 2**(len(mult)-1), same): conv_in, mid (res, attn, res), then
     per level from the widest: ``res_blocks`` ResBlocks and a x2 upsample (all but the last level),
     GroupNorm -> SiLU -> conv_out. At paper scale (512 -> ch 128, mult [1,1,2,2,4], 2 res blocks)
-    this is ~33M of the ~73M trainable parameters."""
+    this is ~33M of the ~73M trainable parameters. ``padding_mode`` is every 3x3 conv's (see
+    ``TokenizerConfig.conv_padding``)."""
 
-    def __init__(self, in_ch: int, ch: int, mult: list[int], res_blocks: int, out_ch: int = 3) -> None:
+    def __init__(self, in_ch: int, ch: int, mult: list[int], res_blocks: int, out_ch: int = 3,
+                 padding_mode: str = "zeros") -> None:
         super().__init__()
-        c = ch * mult[-1]
-        self.conv_in = nn.Conv2d(in_ch, c, 3, padding=1)
-        self.mid = nn.Sequential(ResBlock(c, c), AttnBlock(c), ResBlock(c, c))
+        c, pad = ch * mult[-1], padding_mode
+        self.conv_in = nn.Conv2d(in_ch, c, 3, padding=1, padding_mode=pad)
+        self.mid = nn.Sequential(ResBlock(c, c, pad), AttnBlock(c), ResBlock(c, c, pad))
         stages: list[nn.Module] = []
         for i in reversed(range(len(mult))):
             c_out = ch * mult[i]
             for _ in range(res_blocks):
-                stages.append(ResBlock(c, c_out))
+                stages.append(ResBlock(c, c_out, pad))
                 c = c_out
             if i != 0:
-                stages.append(Upsample(c))
+                stages.append(Upsample(c, pad))
         self.up = nn.Sequential(*stages)
         self.norm_out = group_norm(c)
-        self.conv_out = nn.Conv2d(c, out_ch, 3, padding=1)
+        self.conv_out = nn.Conv2d(c, out_ch, 3, padding=1, padding_mode=pad)
 
     @property
     def last_layer(self) -> Tensor:
@@ -249,6 +261,8 @@ class ConvDecoder(nn.Module):
         return self.conv_out.weight
 
     def forward(self, z: Tensor) -> Tensor:
-        h = self.mid(self.conv_in(z))
+        # channels-last activations: the convolutions run 12-18% faster forward + backward on CPU
+        # (oneDNN's native layout; measured on the demo decoder) and it is cuDNN's preferred one
+        h = self.mid(self.conv_in(z.contiguous(memory_format=torch.channels_last)))
         h = self.up(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, 3, H, W), channels-last strides

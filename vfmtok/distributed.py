@@ -251,6 +251,18 @@ def mean_logs(logs: dict[str, float]) -> dict[str, float]:
     return {k: float(v) / world() for k, v in zip(keys, t.tolist(), strict=True)}
 
 
+def sum_(t: Tensor) -> None:
+    """In place: ``t`` summed over ranks (a no-op in one process)."""
+    if world() > 1:
+        dist.all_reduce(t)
+
+
+def broadcast_(t: Tensor) -> None:
+    """In place: every rank gets rank 0's ``t`` (a no-op in one process)."""
+    if world() > 1:
+        dist.broadcast(t, src=0)
+
+
 def average_gradients(params: Iterable[nn.Parameter]) -> None:
     """All-reduce-average the gradients of params that no DDP wrapper owns (the GAN's small
     discriminator heads, frozen and unfrozen around the generator step, which DDP's hooks do not

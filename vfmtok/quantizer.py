@@ -26,6 +26,7 @@ class QuantizerStats:
     commit_loss: Tensor  # beta * MSE(sg z_q, z): keeps the encoder close to its codes
     usage: Tensor  # fraction of codebook entries used at least once in the batch
     perplexity: Tensor  # exp(entropy of the batch code histogram); 1 .. n_embed
+    inputs: Tensor | None = None  # the unit vectors quantized (B, N, D), detached: restarts use them
 
     @property
     def loss(self) -> Tensor:
@@ -110,5 +111,5 @@ class VectorQuantizer(nn.Module):
             z_st = z_n + (z_q - z_n).detach()  # straight-through estimator
         with torch.no_grad():
             usage, perplexity = code_histogram_stats(indices, self.n_embed)
-        stats = QuantizerStats(codebook_loss, commit_loss, usage, perplexity)
+        stats = QuantizerStats(codebook_loss, commit_loss, usage, perplexity, z_n.detach())
         return z_st.to(in_dtype), indices, stats

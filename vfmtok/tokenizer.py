@@ -159,9 +159,10 @@ class Tokenizer(nn.Module):
         self.post_quant = nn.Linear(cfg.codebook_dim, cfg.dim)
         self.decoder = ViTDecoder(
             cfg.dim, cfg.dec_layers, cfg.n_heads, cfg.dec_ffn_dim, cfg.n_tokens, cfg.pixel_grid,
-            cfg.n_registers, semantic_shape, semantic_ch, cfg.dec_out_norm,
+            cfg.n_registers, semantic_shape, semantic_ch, cfg.dec_out_norm, cfg.dec_slot_skip,
         )  # fmt: skip
-        self.pixel_decoder = ConvDecoder(cfg.dim, cfg.conv_ch, cfg.conv_mult, cfg.conv_res_blocks)
+        self.pixel_decoder = ConvDecoder(cfg.dim, cfg.conv_ch, cfg.conv_mult, cfg.conv_res_blocks,
+                                         padding_mode=cfg.conv_padding)
 
     @property
     def n_tokens(self) -> int:

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from vfmtok import distributed as D
 from vfmtok.config import TokenizerTrainConfig
+from vfmtok.dead_codes import DeadCodeRestarts
 from vfmtok.losses import TokenizerLoss
 from vfmtok.runtime import autocast
 from vfmtok.tokenizer import Tokenizer
@@ -81,6 +82,8 @@ def train_tokenizer(
     d_params = list(loss_fn.discriminator.parameters()) if gan else []
     opt_d = torch.optim.Adam(d_params, lr=loss_cfg.disc_lr, betas=(0.9, 0.95)) if d_params else None
     ema = EMA(model, cfg.ema_decay)
+    restarts = DeadCodeRestarts(model.quantizer, cfg.restart_dead_every,
+                                int(cfg.restart_dead_until * cfg.steps))
 
     start = 0
     state = load_checkpoint(ckpt_path, chash)
@@ -91,6 +94,8 @@ def train_tokenizer(
         if opt_d is not None:
             loss_fn.discriminator.load_state_dict(state["discriminator"])
             opt_d.load_state_dict(state["optimizer_d"])
+        if "dead_codes" in state:
+            restarts.load_state_dict(state["dead_codes"])
         D.restore_rng(state, cfg.seed)
         start = int(state["step"])
     elif world > 1:
@@ -115,12 +120,16 @@ def train_tokenizer(
         total.backward()
         _clip(params, cfg.grad_clip)
         opt.step()
+        restarts.observe(out.indices)
+        _restart_dead(restarts, ema, step, out.vq.inputs, cfg.seed)
         ema.update(model)
 
         logs = {k: v.item() for k, v in g.items()}
         logs.update(total=total.item(), semantic=out.semantic_loss.item(),
                     codebook=out.vq.codebook_loss.item(), commit=out.vq.commit_loss.item(),
                     usage=float(out.vq.usage), perplexity=float(out.vq.perplexity))  # fmt: skip
+        if cfg.restart_dead_every:
+            logs["restarted"] = float(restarts.restarted)  # codebook rows re-seeded so far
         if opt_d is not None:
             with autocast(device):
                 d_loss = loss_fn.discriminator_loss(images, out.recon.detach(), progress,
@@ -139,14 +148,25 @@ def train_tokenizer(
 
         done = step + 1
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            _save(ckpt_path, model, opt, ema, loss_fn if opt_d else None, opt_d, done, chash)
+            _save(ckpt_path, model, opt, ema, loss_fn if opt_d else None, opt_d, done, chash, restarts)
     model.eval()
     return TrainResult(ema=ema, steps_run=max(0, cfg.steps - start), resumed_from=start)
 
 
+def _restart_dead(restarts: DeadCodeRestarts, ema: EMA, step: int, inputs: Tensor | None, seed: int) -> None:
+    """Re-seed dead codes after this step (when it is a check step); the EMA copy takes the new
+    rows as they are (its averages of a dead row mean nothing)."""
+    if inputs is None:
+        return
+    rows = restarts.after_step(step + 1, inputs, step_generator(seed + 1, step))
+    if rows is not None and len(rows):
+        key = "quantizer.embedding.weight"
+        ema.shadow[key][rows] = restarts.quantizer.embedding.weight.detach()[rows]
+
+
 def _save(path: Path, model: Tokenizer, opt: torch.optim.Optimizer, ema: EMA,
           loss_fn: TokenizerLoss | None, opt_d: torch.optim.Optimizer | None, step: int,
-          chash: str) -> None:
+          chash: str, restarts: DeadCodeRestarts) -> None:
     """Every rank holds the same (DDP) weights: rank 0 writes them, with every rank's RNG."""
     rngs = D.gather_rng()
     if D.is_main():
@@ -154,7 +174,7 @@ def _save(path: Path, model: Tokenizer, opt: torch.optim.Optimizer, ema: EMA,
             "model": model.state_dict(), "optimizer": opt.state_dict(), "ema": ema.state_dict(),
             "discriminator": loss_fn.discriminator.state_dict() if loss_fn is not None else {},
             "optimizer_d": opt_d.state_dict() if opt_d is not None else {},
-            "rng": rngs[0], "step": step, "config_hash": chash,
+            "rng": rngs[0], "step": step, "config_hash": chash, "dead_codes": restarts.state_dict(),
             **({"rng_ranks": rngs} if len(rngs) > 1 else {}),
         })  # fmt: skip
     D.barrier()
