@@ -34,12 +34,16 @@ class DeadCodeRestarts:
         if self.every:
             self.counts += torch.bincount(indices.detach().flatten(), minlength=self.quantizer.n_embed)
 
+    def is_check(self, done: int) -> bool:
+        """Whether the step that makes ``done`` steps re-seeds (every ``every`` steps, until ``until``)."""
+        return bool(self.every) and done % self.every == 0 and done <= self.until_step
+
     @torch.no_grad()
     def after_step(self, done: int, inputs: Tensor, generator: torch.Generator) -> Tensor | None:
         """After ``done`` steps: re-seed the rows nobody picked since the last check from
         ``inputs`` (M, D), the unit vectors this step quantized; returns their indices, or None
         when this is not a check step."""
-        if not self.every or done % self.every or done > self.until_step:
+        if not self.is_check(done):
             return None
         D.sum_(self.counts)
         dead = torch.nonzero(self.counts == 0).flatten()  # (n_dead,)

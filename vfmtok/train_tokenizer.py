@@ -94,8 +94,7 @@ def train_tokenizer(
         if opt_d is not None:
             loss_fn.discriminator.load_state_dict(state["discriminator"])
             opt_d.load_state_dict(state["optimizer_d"])
-        if "dead_codes" in state:
-            restarts.load_state_dict(state["dead_codes"])
+        restarts.load_state_dict(state["dead_codes"])  # the config hash admits no older checkpoint
         D.restore_rng(state, cfg.seed)
         start = int(state["step"])
     elif world > 1:
@@ -156,7 +155,7 @@ def train_tokenizer(
 def _restart_dead(restarts: DeadCodeRestarts, ema: EMA, step: int, inputs: Tensor | None, seed: int) -> None:
     """Re-seed dead codes after this step (when it is a check step); the EMA copy takes the new
     rows as they are (its averages of a dead row mean nothing)."""
-    if inputs is None:
+    if inputs is None or not restarts.is_check(step + 1):
         return
     rows = restarts.after_step(step + 1, inputs, step_generator(seed + 1, step))
     if rows is not None and len(rows):
