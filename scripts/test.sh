@@ -17,4 +17,4 @@ if ! command -v chromium >/dev/null 2>&1; then
 fi
 
 ruff check .
-pytest -q "$@"
+pytest -q --durations=30 "$@"   # the 30 slowest tests: where CI time goes

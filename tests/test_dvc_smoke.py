@@ -36,6 +36,21 @@ def _run(cwd: Path, *cmd: str) -> str:
     return out
 
 
+@pytest.fixture(scope="module", autouse=True)
+def prefect_api():
+    """One Prefect API for every stage process of this module, as ``claims --run`` shares one. A
+    plain ``dvc repro`` stage otherwise starts Prefect's ephemeral server of its own (~10-20 s a
+    stage on 2 cores; this module runs ~25 stages). Each stage is still a Prefect flow."""
+    from pipeline.orchestration.server import start_run_api
+
+    api = start_run_api()  # sets PREFECT_API_URL, which _env passes on; None if one is set already
+    if api:
+        api.wait_until_healthy()
+    yield
+    if api:
+        api.stop()  # and PREFECT_API_URL goes back to unset
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """The repository's tracked and new files, as a fresh git repo on the smoke profile."""
