@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.experiments.runs import run_experiments
+from pipeline.experiments.runs import run_experiments, run_from
 from pipeline.layout import Layout
 from pipeline.reporting import plots
 from pipeline.revisions import read_json
@@ -87,7 +87,7 @@ def claims(root: str = ".", run: bool = False, profile: str = "claims") -> Path:
     path = Path(root)
     if run:
         run_experiments(path, list(RUNS.items()), profile)
-        run_experiments(path, sweep(), base="claims-vfmtok")  # only sample and evaluate re-run
+        run_from(path, sweep(), base="claims-vfmtok")  # only sample and evaluate re-run
     got = {name: _reports(name, root) for name in RUNS}
     cfg = {scale: _reports(cfg_name(scale), root)["metrics"].get("gfid") for scale in CFG_SCALES}
 

@@ -3,10 +3,10 @@
 Each is a ``dvc exp run --temp``: it runs in a temporary copy, so the workspace (its params.yaml,
 dvc.lock and committed reports) is left as it was, and its results live in the experiment (read
 them with ``pipeline.revisions``). The runs share DVC's run cache, so a stage whose code, inputs
-and params an earlier run already had is restored, not re-run (a training stage only from a
-``base``). They also share one Prefect API, started once (``start_run_api``): each stage process
-runs its flow against it instead of starting a throw-away server of its own (~10-20 s a stage on
-2 cores).
+and params an earlier run already had is restored, not re-run (but not a training stage:
+``run_from`` starts runs from an experiment's results). They also share one Prefect API, started
+once (``start_run_api``): each stage process runs its flow against it instead of starting a
+throw-away server of its own (~10-20 s a stage on 2 cores).
 """
 
 from __future__ import annotations
@@ -14,55 +14,71 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from pipeline.errors import UserError
 from pipeline.orchestration.server import start_run_api
 from pipeline.params import load_params, profile_path
 from vfmtok import files
 
 
-def run_experiments(root: str | Path, runs: list[tuple[str, list[str]]], profile: str = "active",
-                    base: str | None = None) -> None:
+def run_experiments(root: str | Path, runs: list[tuple[str, list[str]]], profile: str = "active") -> None:
     """``dvc exp run --temp -n NAME -S KEY=VALUE ...`` for each ``(NAME, [KEY=VALUE, ...])`` in
     order, replacing an experiment of the same name. ``profile``: ``params/<profile>.yaml`` stands
     in for params.yaml while the runs are queued from the workspace (``active``: params.yaml as it
-    is). ``base``: an experiment whose params.yaml and dvc.lock stand in instead, so the runs start
-    from its results and re-run only what their overrides change. (The run cache cannot do that
-    for the training stages: DVC keeps no run-cache entry for a stage with a persistent output,
-    and their checkpoints are.) params.yaml and dvc.lock are put back afterwards, byte for byte."""
+    is); params.yaml is put back as it was afterwards, byte for byte."""
     root = Path(root)
-    kept = {name: (root / name).read_bytes() for name in ("params.yaml", "dvc.lock")
-            if (root / name).exists()}
-    stand_in = _base_files(root, base) if base else _profile_files(root, profile)
-    if api := start_run_api():
-        api.wait_until_healthy()
-    for name, data in stand_in.items():
-        files.write_bytes(root / name, data)
+    params_file = root / "params.yaml"
+    original = params_file.read_bytes()
+    source = None if profile == "active" else profile_path(profile, root)
+    if source is not None:
+        load_params(source)  # refuse a profile that does not validate before running anything
+    api = _shared_api()
+    if source is not None:
+        files.write_bytes(params_file, source.read_bytes())
     try:
         for name, overrides in runs:
-            subprocess.run(["dvc", "exp", "remove", name], cwd=root, capture_output=True)  # may not exist
-            cmd = ["dvc", "exp", "run", "--temp", "-n", name]
-            for item in overrides:
-                cmd += ["-S", item]
-            subprocess.run(cmd, cwd=root, check=True)
+            _exp_run(root, name, overrides, temp=True)
     finally:
-        for name, data in kept.items():
-            files.write_bytes(root / name, data)
+        files.write_bytes(params_file, original)
         if api:
             api.stop()
 
 
-def _profile_files(root: Path, profile: str) -> dict[str, bytes]:
-    """params.yaml as ``params/<profile>.yaml`` has it (none for ``active``), validated first so a
-    bad profile runs nothing."""
-    if profile == "active":
-        return {}
-    source = profile_path(profile, root)
-    load_params(source)
-    return {"params.yaml": source.read_bytes()}
+def run_from(root: str | Path, runs: list[tuple[str, list[str]]], base: str) -> None:
+    """Runs that start from experiment ``base``'s results and re-run only what their overrides
+    change (a CFG sweep: sample and evaluate). They run in the workspace, not a ``--temp`` copy: a
+    copy has none of the outputs, and DVC's run cache cannot restore a training stage (it keeps no
+    entry for a stage with a persistent output; the checkpoints are). So the workspace must have
+    no uncommitted changes; ``dvc exp apply`` puts the base there, and afterwards the committed
+    files and the data of its dvc.lock (``dvc checkout``) are put back."""
+    root = Path(root)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                           capture_output=True, text=True, check=True).stdout.split("\n")[0]
+    if dirty:
+        raise UserError(f"{root}: uncommitted changes ({dirty.strip()}, ...): commit or stash them "
+                        f"first; runs from experiment {base} use the workspace")
+    api = _shared_api()
+    try:
+        subprocess.run(["dvc", "exp", "apply", base], cwd=root, check=True)
+        for name, overrides in runs:
+            _exp_run(root, name, overrides, temp=False)
+    finally:
+        subprocess.run(["git", "checkout", "HEAD", "--", "."], cwd=root, check=True)
+        subprocess.run(["dvc", "checkout", "--force", "--quiet"], cwd=root, check=False)
+        if api:
+            api.stop()
 
 
-def _base_files(root: Path, experiment: str) -> dict[str, bytes]:
-    """params.yaml and dvc.lock as experiment ``experiment`` has them."""
-    import dvc.api
+def _shared_api():
+    """The one Prefect API the runs' stage processes share (None: ``PREFECT_API_URL`` names one)."""
+    if api := start_run_api():
+        api.wait_until_healthy()
+    return api
 
-    return {name: dvc.api.read(name, repo=str(root), rev=experiment, mode="rb")
-            for name in ("params.yaml", "dvc.lock")}
+
+def _exp_run(root: Path, name: str, overrides: list[str], temp: bool) -> None:
+    """One ``dvc exp run -n NAME -S ...``, replacing an experiment of the same name."""
+    subprocess.run(["dvc", "exp", "remove", name], cwd=root, capture_output=True)  # may not exist
+    cmd = ["dvc", "exp", "run", *(["--temp"] if temp else []), "-n", name]
+    for item in overrides:
+        cmd += ["-S", item]
+    subprocess.run(cmd, cwd=root, check=True)
