@@ -81,3 +81,72 @@ def test_rar_vs_raster_table_checks_the_budget_and_lists_every_metric(tmp_path, 
     assert "NOT an equal-size pair; steps DIFFERENT (800 vs 400)" in text
     with pytest.raises(UserError, match="compares a GPT"):
         rar_vs_raster.rar_vs_raster(str(tmp_path), gpt="RAR-B", rar="RAR-L")
+
+
+RUNS_DVC_YAML = """
+stages:
+  train:
+    cmd: python train.py
+    params: [t.n]
+    outs:
+      - model.txt:
+          persist: true
+  sample:
+    cmd: python sample.py
+    deps: [model.txt]
+    params: [s.scale]
+    metrics:
+      - metrics.json:
+          cache: false
+"""
+TRAIN = """import os, yaml
+open("model.txt", "w").write(str(yaml.safe_load(open("params.yaml"))["t"]["n"]))
+open(os.environ["TRAIN_COUNT"], "a").write("x")  # one x a training run
+"""
+SAMPLE = """import json, yaml
+scale = yaml.safe_load(open("params.yaml"))["s"]["scale"]
+json.dump({"model": open("model.txt").read(), "scale": scale}, open("metrics.json", "w"))
+"""
+
+
+def test_runs_from_an_experiment_rerun_only_what_changed_and_leave_the_workspace(tmp_path, monkeypatch):
+    """A CFG-sweep-like run from an experiment's results: the persisted (so never run-cached)
+    training stage is not re-run, the workspace ends as committed, and a dirty one is refused."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pipeline.experiments.runs import run_experiments, run_from
+    from pipeline.revisions import read_json
+
+    root, count = tmp_path / "proj", tmp_path / "train_runs"
+    root.mkdir()
+    for name, text in {"dvc.yaml": RUNS_DVC_YAML, "train.py": TRAIN, "sample.py": SAMPLE}.items():
+        (root / name).write_text(text)
+    (root / "params.yaml").write_text("t:\n  n: 1\ns:\n  scale: 1.0\n")
+    monkeypatch.setenv("TRAIN_COUNT", str(count))
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # no shared API: no stage uses one
+
+    def sh(*cmd: str) -> str:
+        return subprocess.run(cmd, cwd=root, check=True, capture_output=True, text=True).stdout
+
+    sh("git", "init", "-q")
+    sh("dvc", "init", "-q")
+    sh("dvc", "repro", "-q")
+    sh("git", "add", "-A")
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    committed = {f: (root / f).read_bytes() for f in ("params.yaml", "dvc.lock", "dvc.yaml")}
+    run_experiments(root, [("base", ["t.n=2"])])
+    assert count.read_text() == "xx"  # the workspace's repro, then the base experiment's
+    run_from(root, [("swp", ["s.scale=3.0"])], base="base")
+    assert count.read_text() == "xx", "training must come from the base's results, not re-run"
+    assert read_json("swp", "metrics.json", str(root)) == {"model": "2", "scale": 3.0}
+    assert json.loads((root / "metrics.json").read_text()) == {"model": "1", "scale": 1.0}
+    assert {f: (root / f).read_bytes() for f in committed} == committed
+    assert sh("git", "status", "--porcelain", "--untracked-files=no") == ""
+
+    (root / "params.yaml").write_text("t:\n  n: 5\ns:\n  scale: 1.0\n")
+    with pytest.raises(UserError, match="uncommitted changes"):
+        run_from(root, [("swp2", ["s.scale=2.0"])], base="base")

@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.layout import Layout
 from pipeline.orchestration.server import start_run_api
 from pipeline.params import load_params, profile_path
 from vfmtok import files
@@ -59,6 +60,7 @@ def run_from(root: str | Path, runs: list[tuple[str, list[str]]], base: str) -> 
     api = _shared_api()
     try:
         subprocess.run(["dvc", "exp", "apply", base], cwd=root, check=True)
+        _keep_code(root)
         for name, overrides in runs:
             _exp_run(root, name, overrides, temp=False)
     finally:
@@ -66,6 +68,18 @@ def run_from(root: str | Path, runs: list[tuple[str, list[str]]], base: str) -> 
         subprocess.run(["dvc", "checkout", "--force", "--quiet"], cwd=root, check=False)
         if api:
             api.stop()
+
+
+def _keep_code(root: Path) -> None:
+    """After ``dvc exp apply``: everything but the base's params, lock and stage outputs back as
+    committed, so the runs use this revision's code (a stage whose code differs re-runs)."""
+    layout = Layout(Path("."))
+    outputs = (f"{layout.data.as_posix()}/", f"{layout.reports.as_posix()}/")
+    changed = subprocess.run(["git", "diff", "--name-only", "HEAD"], cwd=root, capture_output=True,
+                             text=True, check=True).stdout.split()
+    code = [p for p in changed if p not in ("params.yaml", "dvc.lock") and not p.startswith(outputs)]
+    if code:
+        subprocess.run(["git", "checkout", "HEAD", "--", *code], cwd=root, check=True)
 
 
 def _shared_api():
