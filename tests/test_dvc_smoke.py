@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.lazy_prefect import FOLD_ENV
 from tests.conftest import FASHION_MNIST
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,15 +23,21 @@ pytestmark = [
 ]
 
 
-def _env(cwd: Path) -> dict[str, str]:
+def _env(cwd: Path, folded: bool = False) -> dict[str, str]:
+    """``folded``: stage processes run as ``vfmtok-pipeline reproduce`` runs them, without Prefect
+    (~4 s a stage process). The module's first ``dvc repro`` runs each stage as a Prefect flow; the
+    later re-runs fold them."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env["PREFECT_HOME"] = str(cwd / ".prefect")
+    if folded:
+        env[FOLD_ENV] = "1"
     return env
 
 
-def _run(cwd: Path, *cmd: str) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(cwd), capture_output=True, text=True, timeout=1200)
+def _run(cwd: Path, *cmd: str, folded: bool = False) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(cwd, folded), capture_output=True, text=True,
+                          timeout=1200)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-4000:]}"
     return out
@@ -38,9 +45,9 @@ def _run(cwd: Path, *cmd: str) -> str:
 
 @pytest.fixture(scope="module", autouse=True)
 def prefect_api():
-    """One Prefect API for every stage process of this module, as ``claims --run`` shares one. A
-    plain ``dvc repro`` stage otherwise starts Prefect's ephemeral server of its own (~10-20 s a
-    stage on 2 cores; this module runs ~25 stages). Each stage is still a Prefect flow."""
+    """One Prefect API for the module's stage processes that run as Prefect flows, as ``claims
+    --run`` shares one. A plain ``dvc repro`` stage otherwise starts Prefect's ephemeral server of
+    its own (~10-20 s a stage on 2 cores)."""
     from pipeline.orchestration.server import start_run_api
 
     api = start_run_api()  # sets PREFECT_API_URL, which _env passes on; None if one is set already
@@ -170,22 +177,22 @@ def test_repro_then_up_to_date_then_selective_reruns(project, reproduced):
     # A model trained with other params is refused with the key that differs, not used.
     _set(project, "tokenizer", "dim", 64)
     proc = subprocess.run([sys.executable, "-m", "pipeline.stage", "tokenize"], cwd=project,
-                          capture_output=True, text=True, env=_env(project))
+                          capture_output=True, text=True, env=_env(project, folded=True))
     assert proc.returncode == 2 and "tokenizer.dim is 32 there, 64 in params.yaml" in proc.stderr
     _run(project, "git", "checkout", "--", "params.yaml")
 
     _set(project, "extract_features", "batch_size", 7)
-    out = _run(project, "dvc", "repro", "extract_features")
+    out = _run(project, "dvc", "repro", "extract_features", folded=True)
     assert "Running stage 'extract_features'" in out and "Running stage 'prepare'" not in out
 
     _set(project, "prepare", "max_per_class_val", 3)
-    out = _run(project, "dvc", "repro", "extract_features")
+    out = _run(project, "dvc", "repro", "extract_features", folded=True)
     assert "Running stage 'prepare'" in out and "Running stage 'extract_features'" in out
 
 
 def test_one_param_switches_to_the_vqgan_baseline(project, reproduced):
     _set(project, "tokenizer", "kind", "vqgan")
-    out = _run(project, "dvc", "repro")
+    out = _run(project, "dvc", "repro", folded=True)
     assert "Running stage 'train_tokenizer'" in out and "Running stage 'prepare'" not in out
     report = json.loads((project / "reports" / "train_tokenizer.json").read_text())
     assert report["kind"] == "vqgan"
@@ -199,7 +206,7 @@ def test_one_param_switches_the_generator_to_rar(project):
     path through the pipeline (``dvc exp run -S ar_model.model=RAR-Tiny`` adds evaluate, as
     ``vfmtok-pipeline rar-vs-raster --run`` does: minutes)."""
     _set(project, "ar_model", "model", "RAR-Tiny")
-    out = _run(project, "dvc", "repro", "sample")
+    out = _run(project, "dvc", "repro", "sample", folded=True)
     assert "Running stage 'train_ar'" in out and "Running stage 'train_tokenizer'" not in out
     meta = json.loads((project / "data" / "gpt" / "config.json").read_text())
     assert meta["format"] == "vfmtok.rar" and meta["zoo_name"] == "RAR-Tiny"
@@ -211,11 +218,11 @@ def test_one_param_switches_the_generator_to_rar(project):
 def test_samples_and_tokens_do_not_depend_on_the_number_of_processes(project):
     """sample and tokenize under torchrun (2 gloo processes) write byte-identical files to the
     one-process run: fixed batches split across ranks, one seed per sample, rank 0 writes."""
-    _run(project, "dvc", "repro")  # whatever the tests before left, current again
+    _run(project, "dvc", "repro", folded=True)  # whatever the tests before left, current again
     files = ["data/samples/samples.npz", "data/tokens/train.parquet", "data/tokens/val.parquet"]
     one = {f: (project / f).read_bytes() for f in files}
     for stage in ("sample", "tokenize"):
         _run(project, sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-             "-m", "pipeline.stage", stage)
+             "-m", "pipeline.stage", stage, folded=True)
     for f in files:
         assert (project / f).read_bytes() == one[f], f
