@@ -3,12 +3,20 @@ balanced_subset picks fair reference sets."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from pipeline import evaluation
 from pipeline.errors import UserError
 from pipeline.experiments import claims, compare, rar_vs_raster
+from pipeline.experiments.runs import run_experiments, run_from
+from pipeline.revisions import read_json
 
 
 def test_balanced_subset_takes_classes_in_turn():
@@ -112,21 +120,13 @@ json.dump({"model": open("model.txt").read(), "scale": scale}, open("metrics.jso
 def test_runs_from_an_experiment_rerun_only_what_changed_and_leave_the_workspace(tmp_path, monkeypatch):
     """A CFG-sweep-like run from an experiment's results: the persisted (so never run-cached)
     training stage is not re-run, the workspace ends as committed, and a dirty one is refused."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from pipeline.experiments.runs import run_experiments, run_from
-    from pipeline.revisions import read_json
-
     root, count = tmp_path / "proj", tmp_path / "train_runs"
     root.mkdir()
     for name, text in {"dvc.yaml": RUNS_DVC_YAML, "train.py": TRAIN, "sample.py": SAMPLE}.items():
         (root / name).write_text(text)
     (root / "params.yaml").write_text("t:\n  n: 1\ns:\n  scale: 1.0\n")
     monkeypatch.setenv("TRAIN_COUNT", str(count))
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # no shared API: no stage uses one
 
     def sh(*cmd: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline.errors import UserError
 from pipeline.layout import Layout
-from pipeline.orchestration.server import start_run_api
+from pipeline.orchestration.server import RunApi, start_run_api
 from pipeline.params import load_params, profile_path
 from vfmtok import files
 
@@ -82,7 +82,7 @@ def _keep_code(root: Path) -> None:
         subprocess.run(["git", "checkout", "HEAD", "--", *code], cwd=root, check=True)
 
 
-def _shared_api():
+def _shared_api() -> RunApi | None:
     """The one Prefect API the runs' stage processes share (None: ``PREFECT_API_URL`` names one)."""
     if api := start_run_api():
         api.wait_until_healthy()
