@@ -63,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("rev_b")
     clm = sub.add_parser("claims", help="VFMTok vs VQGAN vs a random-init backbone -> reports/claims.md")
     clm.add_argument("--run", action="store_true",
-                     help="run the DVC experiments first, in temp dirs (otherwise read existing ones)")
+                     help="run the DVC experiments first (three in temp dirs; the CFG sweep in the "
+                          "workspace, which must be clean); otherwise read existing ones")
     clm.add_argument("--profile", default="claims",
                      help="params/NAME.yaml for the runs (default: claims; active: params.yaml)")
     rvr = sub.add_parser("rar-vs-raster", help="RAR vs the raster GPT, equal size and steps -> "

@@ -4,8 +4,9 @@ Three runs on the same data, token count and AR budget (``params/claims.yaml``, 
 params with ``--profile active``): VFMTok, the pixel-only VQGAN baseline, and VFMTok on a
 random-init frozen backbone of the same architecture (the paper's premise is that the foundation
 model's features are what make the tokens good: this run tests it), plus the VFMTok run resampled
-at a few CFG scales ("good without CFG"). Every run is a ``dvc exp run --temp``: the workspace is
-left alone, and runs share DVC's run cache (the CFG sweep re-runs only sample and evaluate).
+at a few CFG scales ("good without CFG"). The three runs are ``dvc exp run --temp`` (the workspace
+is left alone); the CFG sweep starts from the VFMTok experiment's outputs in the workspace and
+re-runs only sample and evaluate (``runs.run_from``: it needs a clean workspace, and puts it back).
 
 AR convergence is sample quality against AR steps, as the paper plots it: the FD of a fixed sample
 set in the judge's feature space every ``train_ar.quality_every`` steps (``pipeline/sample_quality``).
