@@ -61,9 +61,10 @@ def test_claims_convergence_is_steps_to_the_other_runs_final_quality(tmp_path, m
     text = claims.claims(str(tmp_path)).read_text()
     assert "| codebook usage (val) | 0.8 | 0.3 | - |" in text
     # VFMTok reaches VQGAN's final FD (30) at step 200 of 400; VQGAN never reaches VFMTok's 15.
-    assert "VFMTok reaches VQGAN baseline's final FD 30 at step 200 of 400 (2.00x fewer steps)" in text
+    assert "VFMTok reaches VQGAN baseline's final FD 30 at step 200 of 400 (speed-up 2.00x)" in text
     assert "VQGAN baseline reaches VFMTok's final FD 15 not within its 400 steps (its best: 30)" in text
-    assert "VFMTok reaches VFMTok, random-init backbone's final FD 52 at step 100 of 400 (4.00x" in text
+    assert ("VFMTok reaches VFMTok, random-init backbone's final FD 52 at step 100 of 400 "
+            "(speed-up 4.00x)") in text
     assert "best of the sweep: 90 at CFG 1.5" in text
     assert (tmp_path / "reports" / "claims_convergence.png").stat().st_size > 1000
 

@@ -77,7 +77,7 @@ def convergence_lines(got: dict[str, dict], a: str, b: str) -> list[str]:
     for x, cx, y, cy in ((a, ca, b, cb), (b, cb, a, ca)):
         target, budget = cy[-1][1], cx[-1][0]
         reached = steps_to_reach(cx, target)
-        where = (f"at step {reached} of {budget} ({budget / reached:.2f}x fewer steps)" if reached
+        where = (f"at step {reached} of {budget} (speed-up {budget / reached:.2f}x)" if reached
                  else f"not within its {budget} steps (its best: {min(v for _, v in cx):.4g})")
         out.append(f"- {LABELS[x]} reaches {LABELS[y]}'s final FD {target:.4g} {where}.")
     return out
