@@ -10,14 +10,13 @@ reader and writer; ``evaluate.reference_npz`` points at such a file.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.errors import FormatError
-from vfmtok import files
+from pipeline.formats import npz
 
 FEATURE_DIM = 2048
 
@@ -57,6 +56,4 @@ def write(path: str | Path, images: np.ndarray | None = None, mu: np.ndarray | N
           sigma: np.ndarray | None = None) -> None:
     """An ADM-format batch (e.g. of your own val images, to score against the same set elsewhere)."""
     arrays = {k: v for k, v in (("arr_0", images), ("mu", mu), ("sigma", sigma)) if v is not None}
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    files.write_bytes(path, buf.getvalue())
+    npz.write(path, arrays)

@@ -6,13 +6,12 @@ torch-fidelity read, and ``labels``: int64 (N,), the class each sample was condi
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.errors import FormatError
-from vfmtok import files
+from pipeline.formats import npz
 
 FILE = "samples.npz"
 
@@ -21,9 +20,7 @@ def write(folder: Path, images: np.ndarray, labels: np.ndarray) -> None:
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or len(images) != len(labels):
         raise ValueError(f"samples must be (N, H, W, 3) uint8 with N labels, got {images.shape} "
                          f"{images.dtype} and {len(labels)} labels")
-    buf = io.BytesIO()
-    np.savez(buf, arr_0=images, labels=np.asarray(labels, dtype=np.int64))
-    files.write_bytes(folder / FILE, buf.getvalue())
+    npz.write(folder / FILE, {"arr_0": images, "labels": np.asarray(labels, dtype=np.int64)})
 
 
 def read(folder: Path) -> tuple[np.ndarray, np.ndarray]:
