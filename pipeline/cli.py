@@ -4,8 +4,9 @@ around the pipeline.
 ``vfmtok-pipeline STAGE`` runs a stage exactly as ``dvc.yaml``'s ``python -m pipeline.stage STAGE``
 does (``pipeline/stage.py``). A user
 error (bad params, source, token file, missing model) prints one ``error:`` line and exits with 2;
-``--debug`` (or ``VFMTOK_DEBUG=1``) shows the traceback instead. ``check``, ``profile``, ``deps``
-and ``summary`` import no torch and no Prefect; ``generate`` and ``reconstruct`` use the trained
+``--debug`` (or ``VFMTOK_DEBUG=1``) shows the traceback instead. ``check`` builds the params'
+models on torch's meta device (``pipeline/buildcheck.py``; ``--no-build``: no torch); ``profile``,
+``deps`` and ``summary`` import no torch and no Prefect; ``generate`` and ``reconstruct`` use the trained
 model folders (``pipeline/commands/``); ``reproduce`` and ``serve`` are the Prefect orchestration
 (``pipeline/orchestration/``).
 """
@@ -53,8 +54,14 @@ def _parser() -> argparse.ArgumentParser:
     for name in stage.STAGES:
         sub.add_parser(name, help=f"run the {name} stage").add_argument("--params", default="params.yaml")
     sub.add_parser("profile", help="activate params/NAME.yaml").add_argument("name")
-    chk = sub.add_parser("check", help="validate a params file")
+    chk = sub.add_parser("check", help="validate a params file and build its models on the meta device "
+                         "(for a torchrun launch of N processes: WORLD_SIZE=N vfmtok-pipeline check)")
     chk.add_argument("file", nargs="?", default="params.yaml")
+    chk.add_argument("--no-paths", action="store_true",
+                     help="skip what this machine must have (input files and folders, CUDA): a profile "
+                          "written for another machine")
+    chk.add_argument("--no-build", action="store_true",
+                     help="the params rules only: build no model, import no torch (milliseconds)")
     deps = sub.add_parser("deps", help="each stage's project modules; --check: against dvc.yaml")
     deps.add_argument("--check", action="store_true")
     deps.add_argument("--write", action="store_true", help="rewrite the module deps in dvc.yaml")
@@ -123,9 +130,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "profile":
         _use_profile(args.name, args.root)
     elif args.command == "check":
-        from pipeline.params import load_params
+        from pipeline.params import launch_world_size, load_params
 
-        load_params(args.file)
+        params = load_params(args.file, check_paths=not args.no_paths)
+        params.check_launch(launch_world_size())  # both training stages, for this launch's processes
+        if not args.no_build:  # the rules only a built model knows (pipeline/buildcheck.py)
+            from pipeline.buildcheck import check_models
+
+            check_models(params, machine=not args.no_paths)
         print(f"{args.file}: ok")
     elif args.command == "deps":
         from pipeline import deps
@@ -150,7 +162,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                         args.backbone_weights, args.weights):
             print(line)
     elif args.command == "reproduce":
-        from pipeline.orchestration.server import start_run_api
+        from pipeline.orchestration.run_api import start_run_api
 
         api = start_run_api()  # comes up while DVC's status, Prefect and the flows load
         stale = _stale(args.root, args.targets)
@@ -166,7 +178,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             api.wait_until_healthy()
         state = reproduce_flow(root=args.root, targets=args.targets or None, retries=args.retries,
                                retry_delay_s=args.retry_delay, stale=stale, return_state=True)
-        return 0 if state.is_completed() else 1
+        if state.is_completed():
+            return 0
+        if errors.is_user_error(failed := state.result(raise_on_failure=False)):
+            raise failed  # a stage's bad input: its one error: line, exit 2 (stage.guarded)
+        return 1
     elif args.command == "generate":
         from pipeline.commands.generate import Sampling, generate_grid
 

@@ -29,6 +29,7 @@ from typing import Any
 
 FOLD_ENV = "VFMTOK_FOLDED"
 STAGE_LOGGER = "vfmtok.stage"
+RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")  # what Prefect's get_run_logger writes to
 
 
 def folded() -> bool:
@@ -112,3 +113,40 @@ def log_to_stdout() -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
+
+
+class _HidePrefectChatter(logging.Filter):
+    """Drops what Prefect's own code writes through the run loggers below ``level`` ("Created task
+    run ...", "Finished in state Completed()"); the stage's records pass (their caller is ours)."""
+
+    def __init__(self, level: int, prefect_dir: str) -> None:
+        super().__init__()
+        self.level, self.prefect_dir = level, prefect_dir
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (record.levelno >= self.level or not record.name.startswith(RUN_LOGGERS)
+                or not record.pathname.startswith(self.prefect_dir))
+
+
+def show_run_records() -> None:
+    """A stage alone, as a Prefect flow: its INFO records on the console and in the API.
+
+    ``PREFECT_LOGGING_LEVEL`` is WARNING by default (``pipeline/prefect_env.py``: Prefect's INFO
+    chatter would bury a stage's output), and Prefect's run loggers inherit it, so the records a
+    stage writes through :func:`get_run_logger` at INFO (the training progress lines, "resumed from
+    step N", the stages' summaries) reached neither the console nor the UI. The run loggers go
+    to INFO, and the console (the root logger's handlers) keeps dropping Prefect's own records
+    below the configured level; the API gets them all, as in any Prefect run. Nothing changes
+    when the level is INFO or lower (an orchestrating run's stage commands, a user's choice).
+    """
+    configured = logging.getLogger("prefect").getEffectiveLevel()
+    if configured <= logging.INFO:
+        return
+    for name in RUN_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+    prefect_dir = os.path.dirname(sys.modules["prefect"].__file__) + os.sep
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _HidePrefectChatter) for f in handler.filters):
+            handler.addFilter(_HidePrefectChatter(configured, prefect_dir))

@@ -10,6 +10,7 @@ file, the dotted key and the value. Nothing here imports torch: ``vfmtok-pipelin
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -28,13 +29,27 @@ from vfmtok.config import (
     generator_config,
     generator_family,
 )
-from vfmtok.typed import NEUTRAL, ConfigError, from_dict
+from vfmtok.typed import NEUTRAL, ConfigError, config_error, from_dict, mark_alias, mark_file
 
 PROFILES_DIR = "params"
+# yaml.safe_load's rules, parsed by libyaml where PyYAML has it (10x faster than the pure Python
+# parser: every stage and every check reads the file first).
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # (section, key) filled in from another key, never written in params.yaml.
 DERIVED = {("backbone", "image_size"): ("prepare", "resolution"),
            ("tokenizer", "image_size"): ("prepare", "resolution"),
            ("judge", "image_size"): ("prepare", "resolution")}
+
+
+KNN_K = 3  # precision/recall's k (vfmtok.fid.distribution_metrics)
+LPIPS_MIN_SIZE = 16  # VGG16 halves the image 4 times before relu5_3, LPIPS' last tap (vfmtok.lpips)
+
+
+def _two_classes(key: str, n: int) -> None:
+    """A probe fit on ``n`` train images (0 = all), taken a class at a time: one image is one class,
+    and a classifier needs two (scikit-learn refuses)."""
+    if n == 1:
+        raise ConfigError(key, n, "must be 0 (all) or at least 2: the linear classifier needs two classes")
 
 
 @dataclass(kw_only=True)
@@ -119,6 +134,11 @@ class TrainARParams(ARTrainConfig):
     quality_per_class: int = field(default=10, metadata={"min": 1})
     quality_probe_train: int = field(default=2000, metadata={"min": 0})
 
+    def validate(self) -> None:
+        super().validate()
+        if self.quality_every:
+            _two_classes("quality_probe_train", self.quality_probe_train)
+
 
 @dataclass(kw_only=True)
 class SampleParams:
@@ -138,6 +158,10 @@ class SampleParams:
     compile: bool = field(default=False, metadata=NEUTRAL)  # torch.compile the cached decode step
     device: Device = field(default="auto", metadata=NEUTRAL)
 
+    def validate(self) -> None:
+        if self.top_p <= 0:  # vfmtok.generate.sample_logits: an empty nucleus samples nothing
+            raise ConfigError("top_p", self.top_p, "must be > 0 (the nucleus mass; 1.0 = off)")
+
 
 @dataclass(kw_only=True)
 class EvaluateParams:
@@ -154,6 +178,12 @@ class EvaluateParams:
     resolution: int = field(default=0, metadata={"min": 0, "max": 2048})  # 0 = the dataset's
     device: Device = field(default="auto", metadata=NEUTRAL)
 
+    def validate(self) -> None:
+        if 0 < self.fid_images <= KNN_K:  # vfmtok.fid.precision_recall: k-NN radii need k + 1 points
+            raise ConfigError("fid_images", self.fid_images, f"must be 0 (all) or more than {KNN_K}: "
+                              f"precision/recall's {KNN_K}-NN needs more than {KNN_K} images a set")
+        _two_classes("probe_train", self.probe_train)
+
 
 @dataclass(kw_only=True)
 class PromoteParams:
@@ -168,6 +198,18 @@ class PromoteParams:
     def validate(self) -> None:
         if not self.metric.strip():
             raise ConfigError("metric", self.metric, "must name a metric")
+
+
+@dataclass(kw_only=True)
+class LaunchParams:
+    """Where and how the stage processes run, never what they compute: DVC tracks none of it."""
+
+    # torch's CPU threads in each stage process. Float reductions are split by thread, so the bytes
+    # of features, tokens and samples computed on a CPU depend on this number (never on the number
+    # of processes): pinned, a torchrun run (torchrun sets OMP_NUM_THREADS=1) and a plain run write
+    # the same bytes. Capped at the machine's cores; 0 = leave it to torch and the environment
+    # (then the two may differ).
+    cpu_threads: int = field(default=2, metadata={"min": 0, "max": 1024, **NEUTRAL})
 
 
 @dataclass(kw_only=True)
@@ -188,6 +230,32 @@ class Params:
     sample: SampleParams
     evaluate: EvaluateParams
     promote: PromoteParams = field(default_factory=PromoteParams)
+    launch: LaunchParams = field(default_factory=LaunchParams)
+
+    def validate(self) -> None:
+        """Rules that relate sections (each section's own rules are in its class)."""
+        missing = [s for s in ("train", "val") if s not in self.tokenize.splits]
+        if missing:  # train_ar trains on the train tokens and measures on the val ones; evaluate too
+            raise ConfigError("tokenize.splits", self.tokenize.splits, f"must include {missing[0]!r}: "
+                              "train_ar and evaluate read the train and the val tokens")
+        loss, size = self.train_tokenizer.loss, self.prepare.resolution
+        if loss.perceptual == "lpips" and size < LPIPS_MIN_SIZE:  # a 0 x 0 map: torch refuses
+            raise ConfigError("train_tokenizer.loss.perceptual", loss.perceptual, f"needs prepare."
+                              f"resolution >= {LPIPS_MIN_SIZE} (VGG16 pools 4 times before LPIPS' last "
+                              f"layer), got {size}")
+
+    def check_launch(self, world: int, sections: tuple[str, ...] = ("train_tokenizer", "train_ar")) -> None:
+        """The rules that depend on how many processes run a training stage. Each training stage asks
+        them for itself, before it starts (a sample or tokenize launch needs no divisible batch);
+        ``check`` asks them for both, for the launch ``WORLD_SIZE`` describes (1 without torchrun)."""
+        for name in sections:
+            getattr(self, name).check_world(world)
+        t, train = self.tokenizer, self.train_tokenizer
+        rows = train.batch_size // world
+        if "train_tokenizer" in sections and t.quant_batchnorm and t.n_tokens * rows < 2:
+            raise config_error(train, "batch_size", train.batch_size, f"x tokenizer.n_tokens {t.n_tokens} "
+                               "per process must be >= 2: tokenizer.quant_batchnorm normalises over "
+                               "them in training")
 
     def check_paths(self) -> None:
         """Inputs that must exist on this machine (skipped to inspect a profile from elsewhere)."""
@@ -221,19 +289,49 @@ def _fill_derived(data: dict) -> None:
             part[key] = source[src_key]
 
 
+def _mark_origins(params: Params, path: Path) -> None:
+    """Let a model builder's error name the file and the key the user sets: ``prepare.resolution``
+    for the image sizes derived from it (``vfmtok.typed.config_error``)."""
+    for (section, key), (src_section, src_key) in DERIVED.items():
+        mark_alias(getattr(params, section), key, f"{src_section}.{src_key}")
+    mark_file(params, path)
+
+
+class LaunchError(ConfigError):
+    """A bad launch setting: an environment variable, so no params section or file is its place."""
+
+    def under(self, prefix: str) -> ConfigError:
+        return self
+
+    def in_file(self, file) -> ConfigError:
+        return self
+
+
+def launch_world_size() -> int:
+    """The number of processes this launch runs (torchrun's ``WORLD_SIZE``; 1 without torchrun).
+
+    Read from the environment, not from torch, so that a params file is checked against the
+    launch before any process group (or torch) exists."""
+    raw = os.environ.get("WORLD_SIZE", "").strip() or "1"
+    if not raw.isdigit() or int(raw) < 1:
+        raise LaunchError("WORLD_SIZE", raw, "must be a positive integer (torchrun sets it)")
+    return int(raw)
+
+
 def load_params(path: str | Path = "params.yaml", check_paths: bool = True) -> Params:
     """Read and validate a params file; every error names ``path``, the key and the value."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError("<file>", str(path), "params file not found", path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=SAFE_LOADER)
     except yaml.YAMLError as e:
         raise ConfigError("<file>", str(path), f"not valid YAML: {' '.join(str(e).split())}", path) from None
     try:
         if isinstance(data, dict):
             _fill_derived(data)
         params = from_dict(Params, data)
+        _mark_origins(params, path)
         if check_paths:
             params.check_paths()
         return params

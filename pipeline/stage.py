@@ -35,6 +35,22 @@ def guarded(fn: Callable[[], int | None]) -> int:
         return 2
 
 
+def pin_cpu_threads(n: int) -> None:
+    """``n`` torch CPU threads in this process (``launch.cpu_threads``; 0 leaves them alone).
+
+    Set through the environment before torch is imported (torch sizes its thread pool from
+    ``OMP_NUM_THREADS``, never above the machine's cores; torchrun sets it to 1), and directly,
+    with the same cap, if torch is loaded already."""
+    if n <= 0:
+        return
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    if "torch" in sys.modules:
+        import torch
+
+        torch.set_num_threads(min(n, os.cpu_count() or n))
+
+
 def run(stage: str, params_file: str = "params.yaml", root: str = ".") -> dict:
     """The stage's Prefect flow, in this process (a subflow of the orchestrating run, if any:
     ``pipeline/orchestration/stage_process.py``). The params file is validated first, so a bad
@@ -43,7 +59,7 @@ def run(stage: str, params_file: str = "params.yaml", root: str = ".") -> dict:
     from pipeline.params import load_params
 
     prefect_env.configure(root)
-    load_params(params_file)
+    pin_cpu_threads(load_params(params_file).launch.cpu_threads)
     return run_stage_flow(stage, module_name(stage), {"params_file": params_file, "root": root},
                           after_import=errors.quiet_prefect)  # after Prefect has set up its loggers
 

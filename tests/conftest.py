@@ -35,3 +35,15 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread in this process for the test: what runs beside it (torchrun ranks) or what
+    it runs (tiny tensors) gains nothing from a second, and a busy second thread only contends."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

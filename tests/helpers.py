@@ -80,3 +80,19 @@ def write_token_file(path: Path, n: int = 40, codebook: int = 64, n_tokens: int 
                 tokens[i : i + step], False)
     w.close()
     return TokenFile(path)
+
+
+def assert_equal_to_fp32_rounding(got: torch.Tensor, want: torch.Tensor, exact: torch.Tensor,
+                                  factor: float = 8.0) -> None:
+    """``got`` and ``want`` are two float32 evaluations of one function (a cached and a full
+    forward, say) whose float64 value is ``exact``. Their kernels sum in different orders, and by
+    how much that moves a result depends on the CPU (its vector width, its BLAS); ``want``'s own
+    distance from ``exact`` measures it here, in this run. ``got`` may stray from ``exact`` by
+    ``factor`` times that (the largest error over many elements differs between two such
+    evaluations by a small factor), plus 16 ulps of the largest value, should ``want`` happen to
+    round exactly."""
+    exact = exact.double()
+    rounding = float((want.double() - exact).abs().max())
+    tol = factor * rounding + 16 * 2.0**-23 * float(exact.abs().max())
+    err = float((got.double() - exact).abs().max())
+    assert err <= tol, f"{err:.3g} off the float64 value; fp32 rounding {rounding:.3g}, allowed {tol:.3g}"

@@ -6,6 +6,7 @@ error at the corners, which zero padding leaves."""
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -34,16 +35,23 @@ def _code(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, 8).repeat(1, 6, 1, 1)[:, :16]  # (B, 16, 8, 8)
 
 
-_RUNS: dict = {}  # (steps, padding, grouping rule) -> mean error: the tests share the zeros run
+def instance_norm_groups(channels: int, max_groups: int = 32) -> int:
+    """The old grouping: gcd(32, C) groups, 1-2 channels per group at the demo's widths."""
+    return math.gcd(max_groups, channels)
 
 
-def _mean_error(steps: int = 300, padding_mode: str = "zeros") -> torch.Tensor:
-    """Train a small ConvDecoder alone (8 -> 64 px, widths 8..32: the demo's regime); its mean
-    signed error (64, 64) over held-out images, in grey levels: a fixed-position artifact adds the
-    same error to every image. ~20 s per call on 2 cores."""
-    key = (steps, padding_mode, decoder.norm_groups)
+_RUNS: dict = {}  # (padding, grouping rule) -> mean error: the tests share the zeros run
+
+
+def _mean_error(padding_mode: str = "zeros", groups=None) -> torch.Tensor:
+    """Train a small ConvDecoder alone (8 -> 64 px, widths 8..32: the demo's regime) for 300 steps;
+    its mean signed error (64, 64) over held-out images, in grey levels: a fixed-position artifact
+    adds the same error to every image. ``groups``: another GroupNorm grouping rule than the
+    decoder's own. ~20 s per call on 2 cores."""
+    key = (padding_mode, groups)
     if key not in _RUNS:
-        _RUNS[key] = _train_alone(steps, padding_mode)
+        with mock.patch.object(decoder, "norm_groups", groups or decoder.norm_groups):
+            _RUNS[key] = _train_alone(300, padding_mode)
     return _RUNS[key]
 
 
@@ -63,29 +71,37 @@ def _train_alone(steps: int, padding_mode: str) -> torch.Tensor:
         return (net(_code(x)) - x).mean(dim=(0, 1)) * 127.5  # (64, 64)
 
 
-def _worst_block_bias(err: torch.Tensor) -> float:
-    """The largest |mean signed error| over 8x8-pixel blocks (evaluate's ``error_bias_max``)."""
-    return float(F.avg_pool2d(err[None, None], 8).abs().max())
+def _fixed_position_peak(err: torch.Tensor) -> float:
+    """The largest deviation of an 8x8-pixel block's mean signed error from the mean over all
+    blocks: an error tied to a position. A bias shared by every position (a slightly dark or bright
+    decoder) is not one, and where a short run ends up on that score depends on the CPU's rounding
+    (the worst block's raw bias measured 2.5 on one machine, 5.2 on another)."""
+    blocks = F.avg_pool2d(err[None, None], 8)  # (1, 1, 8, 8)
+    return float((blocks - blocks.mean()).abs().max())
 
 
 def _worst_corner(err: torch.Tensor) -> float:
     return float(err[[0, 0, -1, -1], [0, -1, 0, -1]].abs().max())
 
 
-def test_no_fixed_position_peak_with_the_new_grouping(monkeypatch):
-    new = _worst_block_bias(_mean_error())
-    monkeypatch.setattr(decoder, "norm_groups", lambda c, max_groups=32: math.gcd(max_groups, c))
-    old = _worst_block_bias(_mean_error())
-    assert new < 4.0, new  # grey levels (measured: 2.5 here, 5.8 with the old grouping; 2 threads)
-    assert old > 2 * new, (old, new)  # the test can see the failure it guards against
+# The claims are relative: each is checked against the run that shows the failure, trained in the
+# same way on the same machine (two runs that differ only in the rule under test).
+
+
+def test_no_fixed_position_peak_with_the_new_grouping():
+    new = _fixed_position_peak(_mean_error())
+    old = _fixed_position_peak(_mean_error(groups=instance_norm_groups))
+    assert old > 2 * new, (old, new)  # measured: 4.6 grey levels with the old grouping, 1.3 with the new
 
 
 def test_replicate_padding_leaves_no_corner_error():
     zeros, replicate = _mean_error(), _mean_error(padding_mode="replicate")
     # measured: 11.3 grey levels at the worst corner with zero padding, 1.1 with replicate
-    assert _worst_corner(replicate) < 3.0, _worst_corner(replicate)
-    assert _worst_corner(zeros) > 2 * _worst_corner(replicate), (zeros, replicate)
-    assert _worst_block_bias(replicate) < 4.0
+    corners = _worst_corner(zeros), _worst_corner(replicate)
+    assert corners[0] > 4 * corners[1], corners
+    # and no position-tied error elsewhere either (measured: 1.0 vs 4.6)
+    old = _mean_error(groups=instance_norm_groups)
+    assert 2 * _fixed_position_peak(replicate) < _fixed_position_peak(old)
 
 
 def test_conv_padding_reaches_every_3x3_conv():

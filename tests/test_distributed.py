@@ -34,7 +34,8 @@ from vfmtok.training import CHECKPOINT_NAME, load_checkpoint
 
 CPU = torch.device("cpu")
 GLOBAL_BATCH, WORLD = 8, 2
-AR_RUN = {"what": "tiny GPT, 4 steps"}  # same run_config for the 2- and 4-step runs: resumable
+AR_RUN = {"what": "tiny GPT, 4 steps"}
+TOKENIZER_DISC_LR = 1e-4  # same run_config for the 2- and 4-step runs: resumable
 
 
 # ----------------------------------------------------------------------------- shared setup
@@ -46,14 +47,25 @@ def token_file(path: Path) -> TokenFile:
 
 
 class GlobalStream:
-    """The global batch of the 2-rank run, for one process: rank 0's rows, then rank 1's."""
+    """The global batch of the 2-rank run, for one process: rank 0's rows, then rank 1's.
 
-    def __init__(self, file: TokenFile):
+    ``shuffle``: the same rows in another order each step. The loss is a mean over rows and the
+    gradients are sums over rows, so a shuffled run computes the same function as the plain one and
+    differs from it only by float summation order, exactly the difference a data-parallel run
+    makes: how far the two drift apart measures, on this machine and in this run, what rounding
+    alone does to 4 Adam steps (:func:`rounding_drift`)."""
+
+    def __init__(self, file: TokenFile, shuffle: int | None = None):
         self.ranks = [TokenStream(file, GLOBAL_BATCH // WORLD, 0, r, WORLD) for r in range(WORLD)]
+        self.shuffle = shuffle
 
     def batch(self, step):
         parts = [s.batch(step) for s in self.ranks]
-        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        tokens, labels = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        if self.shuffle is not None:
+            order = torch.randperm(len(tokens), generator=torch.Generator().manual_seed(self.shuffle + step))
+            tokens, labels = tokens[order], labels[order]
+        return tokens, labels
 
 
 def ar_run(ckpt: Path, data, steps: int, parallel: str = "auto") -> tuple[list[float], torch.nn.Module]:
@@ -75,7 +87,8 @@ def tokenizer_run(ckpt: Path) -> tuple[list[dict], torch.nn.Module, TokenizerLos
                                              allow_random_init=True))
     # BatchNorm statistics are per rank on CPU (torch's SyncBatchNorm is CUDA-only): off here.
     model = build_tokenizer(tiny_tokenizer_config(quant_batchnorm=False), backbone)
-    loss_cfg = LossConfig(gan_start=0.3, gan_weight=0.1)  # the GAN (hand-averaged D grads) from step 1 of 3
+    # the GAN (hand-averaged D grads) from step 1 of 3
+    loss_cfg = LossConfig(gan_start=0.3, gan_weight=0.1, disc_lr=TOKENIZER_DISC_LR)
     loss = TokenizerLoss(loss_cfg, backbone)
     cfg = TokenizerTrainConfig(steps=3, batch_size=GLOBAL_BATCH, lr=1e-3, checkpoint_every=3,
                                ema_decay=0.9, loss=loss_cfg)
@@ -119,9 +132,39 @@ def launch(out: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def assert_same_weights(a: dict, b: dict, atol: float = 1e-5) -> None:
+# How far a result may stray from the 1-process reference, in units of the drift that summation
+# order alone causes (:func:`rounding_drift`, measured in the same run). Rounding differences grow
+# through 4 Adam steps in ways that depend on the CPU's kernels (Adam's m / sqrt(v) turns a
+# rounding-level change of a near-zero gradient into a change of up to lr), so no fixed atol holds
+# on every machine; a data-parallel run and a reordered one are two draws of the same kind of
+# rounding, and their largest deviations over thousands of elements agree to within a small factor.
+DRIFT_FACTOR = 8.0
+# The floor of the tolerance, should a reordered run happen to round like the reference: 64 fp32
+# ulps of the compared value's magnitude (eps = 2**-23 relative; sums of <= 1024 terms in pairwise
+# or blocked order round to within log2(1024) = 10 ulps per sum, and 4 steps compound a few sums).
+ULPS = 64 * 2.0**-23
+
+
+def rounding_drift(tmp: Path, f: TokenFile, ref_losses: list[float], ref_state: dict) -> tuple[float, float]:
+    """(loss drift, weight drift): the largest deviation from the reference of two runs on
+    reordered global batches (:class:`GlobalStream` ``shuffle``), losses and weights."""
+    loss_drift, weight_drift = 0.0, 0.0
+    for shuffle in (1, 2):
+        losses, model = ar_run(tmp / f"ar_shuffled{shuffle}", GlobalStream(f, shuffle), 4)
+        loss_drift = max(loss_drift, float(np.abs(np.subtract(losses, ref_losses)).max()))
+        state = model.state_dict()
+        weight_drift = max(weight_drift, max(float((state[k] - v).abs().max()) for k, v in ref_state.items()))
+    return loss_drift, weight_drift
+
+
+def tolerance(drift: float, magnitude: float) -> float:
+    return DRIFT_FACTOR * drift + ULPS * max(1.0, magnitude)
+
+
+def assert_same_weights(a: dict, b: dict, drift: float) -> None:
     assert a.keys() == b.keys()
     for k in a:
+        atol = tolerance(drift, float(b[k].abs().max()))
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=lambda m, k=k: f"{k}: {m}")
 
 
@@ -136,60 +179,56 @@ def weights(ckpt: Path) -> dict:
 # ----------------------------------------------------------------------------- the test
 
 
-@pytest.fixture
-def one_thread():
-    """The 2 ranks run meanwhile, one thread each: a third busy thread here would only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_two_process_gloo_matches_one_process(tmp_path, one_thread):
     f = token_file(tmp_path / "t.parquet")
     ar_run(tmp_path / "ar_resume_fsdp", GlobalStream(f), 2)  # a 1-process checkpoint at step 2
     proc = launch(tmp_path)
     try:  # the 1-process references, while the 2 ranks run
         ref_losses, ref_model = ar_run(tmp_path / "ar_ref", GlobalStream(f), 4)
+        ref_state = {k: v.clone() for k, v in ref_model.state_dict().items()}
+        loss_drift, weight_drift = rounding_drift(tmp_path, f, ref_losses, ref_state)
         ref_tok, _, _, disc_init = tokenizer_run(tmp_path / "tok_ref")
         log, _ = proc.communicate(timeout=240)
     finally:
         proc.kill()
-    assert proc.returncode == 0, log[-4000:]
+    assert proc.returncode == 0, log
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD))
 
-    # Same global batch -> same per-step (rank-averaged) loss, on both ranks, DDP and FSDP2 alike.
+    # Same global batch -> same per-step (rank-averaged) loss, on both ranks, DDP and FSDP2 alike,
+    # to within what summation order alone does here (the reordered runs' drift).
     assert len(ref_losses) == 4 and len(set(ref_losses)) == 4  # it trains: every step differs
+    loss_tol = tolerance(loss_drift, max(map(abs, ref_losses)))
+    assert loss_tol < 1e-3, (loss_drift, "rounding alone must not move a loss this much")
     for key in ("ddp", "fsdp"):
-        np.testing.assert_allclose(r0[key], ref_losses, rtol=0, atol=1e-5, err_msg=key)
+        np.testing.assert_allclose(r0[key], ref_losses, rtol=0, atol=loss_tol, err_msg=key)
     assert r1["ddp"] == r1["fsdp"] == []  # on_log runs on rank 0 only
     assert (r0["ddp_is_sharded"], r0["fsdp_is_sharded"]) == (False, True)
-    ref_state = {k: v for k, v in ref_model.state_dict().items()}
     for run in ("ar_ddp", "ar_fsdp"):  # rank 0's checkpoint: full, un-prefixed, same weights
-        assert_same_weights(weights(tmp_path / run), ref_state)
+        assert_same_weights(weights(tmp_path / run), ref_state, weight_drift)
 
     # Checkpoints cross over: 1 process -> 2 ranks with FSDP2 (optimizer state sharded on load) ...
-    np.testing.assert_allclose(r0["resumed"], ref_losses[2:], rtol=0, atol=1e-5)
-    assert_same_weights(weights(tmp_path / "ar_resume_fsdp"), ref_state)
+    np.testing.assert_allclose(r0["resumed"], ref_losses[2:], rtol=0, atol=loss_tol)
+    assert_same_weights(weights(tmp_path / "ar_resume_fsdp"), ref_state, weight_drift)
     # ... and 2 ranks (DDP, stopped at step 2) -> 1 process.
     ckpt = load_checkpoint(tmp_path / "ar_ddp_half" / CHECKPOINT_NAME)
     assert ckpt["step"] == 2 and len(ckpt["rng_ranks"]) == WORLD
     resumed, model = ar_run(tmp_path / "ar_ddp_half", GlobalStream(f), 4)
-    np.testing.assert_allclose(resumed, ref_losses[2:], rtol=0, atol=1e-5)
-    assert_same_weights(model.state_dict(), ref_state)
+    np.testing.assert_allclose(resumed, ref_losses[2:], rtol=0, atol=loss_tol)
+    assert_same_weights(model.state_dict(), ref_state, weight_drift)
 
     # The tokenizer under DDP, with the GAN from step 1 (hand-averaged discriminator gradients).
-    # Steps 0-1 match in full. From step 2 the GAN term reads the discriminator after its first
-    # Adam step, which turns rounding-level gradients (conv biases ahead of GroupNorm) into moves of
-    # ~lr: that one term matches to 1e-4, every other term, and D's own loss, to 1e-5.
+    # Every term is a mean whose two half-batch means add up to within a few fp32 ulps of the
+    # whole batch's (measured: at most 1 ulp), so each keeps to 64 ulps of its value. The one
+    # exception: from step 2 the GAN term reads the discriminator after its first Adam step, which
+    # can turn a rounding-level gradient (conv biases ahead of GroupNorm) into a move of up to
+    # disc_lr; the term, a mean of D's outputs, moves by about that much at most (measured: 6e-6).
     dist_logs = r0["tokenizer"]
     for step, (got, want) in enumerate(zip(dist_logs, ref_tok, strict=True)):
-        for k in ("pixel", "perceptual", "semantic", "codebook", "commit", "disc"):
+        for k in ("pixel", "perceptual", "semantic", "codebook", "commit", "disc", "gan", "total"):
             if k in want:
-                assert got[k] == pytest.approx(want[k], abs=1e-5), (step, k)
-        tol = 1e-5 if step < 2 else 1e-4
-        assert got["gan"] == pytest.approx(want["gan"], abs=tol) and got["total"] == pytest.approx(
-            want["total"], abs=tol), step
+                moved_by_d = step >= 2 and k in ("gan", "total")
+                tol = TOKENIZER_DISC_LR if moved_by_d else tolerance(0.0, abs(want[k]))
+                assert got[k] == pytest.approx(want[k], abs=tol), (step, k)
     assert "disc" in dist_logs[1] and dist_logs[0]["gan"] == 0 and dist_logs[2]["gan"] != 0
     assert (r0["tok_digest"], r0["disc_digest"]) == (r1["tok_digest"], r1["disc_digest"])  # in sync
     tok = load_checkpoint(tmp_path / "tok_ddp" / CHECKPOINT_NAME)

@@ -48,7 +48,7 @@ def prefect_api():
     """One Prefect API for the module's stage processes that run as Prefect flows, as ``claims
     --run`` shares one. A plain ``dvc repro`` stage otherwise starts Prefect's ephemeral server of
     its own (~10-20 s a stage on 2 cores)."""
-    from pipeline.orchestration.server import start_run_api
+    from pipeline.orchestration.run_api import start_run_api
 
     api = start_run_api()  # sets PREFECT_API_URL, which _env passes on; None if one is set already
     if api:
@@ -215,14 +215,34 @@ def test_one_param_switches_the_generator_to_rar(project):
     _run(project, sys.executable, "-c", code + "assert images.shape == (8, 32, 32, 3), images.shape\n")
 
 
-def test_samples_and_tokens_do_not_depend_on_the_number_of_processes(project):
-    """sample and tokenize under torchrun (2 gloo processes) write byte-identical files to the
-    one-process run: fixed batches split across ranks, one seed per sample, rank 0 writes."""
+def _torchrun(project: Path, nproc: int, stage: str, logs: Path) -> None:
+    """``python -m pipeline.stage STAGE`` on ``nproc`` gloo processes. torchrun keeps every rank's
+    stdout and stderr under ``logs``; when the run fails they are all shown, whole (the failing
+    rank's own error is often not the last thing the launcher prints)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "--log-dir", str(logs), "--redirects", "3", "-m", "pipeline.stage", stage]
+    proc = subprocess.run(cmd, cwd=project, env=_env(project, folded=True), capture_output=True, text=True,
+                          timeout=600)
+    if proc.returncode != 0:
+        ranks = "\n".join(f"----- {f.relative_to(logs)}\n{f.read_text(errors='replace')}"
+                          for f in sorted(logs.rglob("*.log")))
+        pytest.fail(f"{nproc}-process {stage} exit {proc.returncode}\n{proc.stdout}{proc.stderr}\n{ranks}")
+
+
+def test_samples_and_tokens_do_not_depend_on_the_number_of_processes(project, tmp_path):
+    """sample and tokenize under torchrun write byte-identical files to the one-process run: fixed
+    batches split across ranks, one seed per sample, rank 0 writes, and every process runs
+    ``launch.cpu_threads`` threads (torchrun's OMP_NUM_THREADS=1 would change the CPU's rounding).
+    Each 2-process run three times over (a race between ranks showed up one run in several), and
+    sample once on 3 processes (uneven shares)."""
     _run(project, "dvc", "repro", folded=True)  # whatever the tests before left, current again
-    files = ["data/samples/samples.npz", "data/tokens/train.parquet", "data/tokens/val.parquet"]
-    one = {f: (project / f).read_bytes() for f in files}
-    for stage in ("sample", "tokenize"):
-        _run(project, sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-             "-m", "pipeline.stage", stage, folded=True)
-    for f in files:
-        assert (project / f).read_bytes() == one[f], f
+    files = {"sample": ["data/samples/samples.npz"],
+             "tokenize": ["data/tokens/train.parquet", "data/tokens/val.parquet"]}
+    one = {f: (project / f).read_bytes() for fs in files.values() for f in fs}
+    runs = [(2, stage) for _ in range(3) for stage in ("tokenize", "sample")] + [(3, "sample")]
+    for i, (nproc, stage) in enumerate(runs):
+        for f in files[stage]:
+            (project / f).unlink()
+        _torchrun(project, nproc, stage, tmp_path / f"run{i}")
+        for f in files[stage]:
+            assert (project / f).read_bytes() == one[f], (f, nproc, i)

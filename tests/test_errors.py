@@ -123,3 +123,44 @@ def test_a_generator_folder_of_the_other_family_or_size_is_refused(tmp_path):
         load_generator(layout, params_with("GPT-Tiny"), 10, "cpu")
     with pytest.raises(ConfigMismatch, match="rar.num_classes is 10 there, 7 in params.yaml"):
         load_generator(layout, rar_params, 7, "cpu")
+
+
+def test_a_launch_the_batch_does_not_split_over_is_one_line(tmp_path, capfd, monkeypatch):
+    """Under torchrun each of WORLD_SIZE processes takes batch_size / WORLD_SIZE rows: a stage of
+    a launch that does not divide the batch stops before it starts, as ``check`` does."""
+    from pipeline.cli import main
+
+    root = _project(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    rc = stage.main(["train_ar", "--root", str(root), "--params", str(root / "params.yaml")])
+    line = _only_error_line(capfd.readouterr().err)
+    assert rc == 2 and line.startswith(f"error: {root / 'params.yaml'}: train_ar.batch_size = 8: ")
+    assert "3 processes" in line and not (root / "data").exists()
+    assert main(["check", "--no-build", str(root / "params.yaml")]) == 2  # both training stages
+    assert "train_tokenizer.batch_size = 8: must be divisible by the 3" in capfd.readouterr().err
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="dataset-fashion-mnist not installed")
+def test_a_rule_of_a_built_model_stops_the_stage_with_the_line_of_check(tmp_path, capfd, monkeypatch):
+    """Taps beyond a ViT's depth are known once the ViT is built: ``check`` builds it on the meta
+    device, the stage for real, and both print the same line (exit 2: not retried)."""
+    from pipeline.cli import main
+    from pipeline.lazy_prefect import FOLD_ENV
+    from pipeline.stages.prepare import prepare_flow
+
+    root = _project(tmp_path)
+    params = root / "params.yaml"
+    monkeypatch.setenv(FOLD_ENV, "1")  # the stages run in this process, without Prefect
+    prepare_flow(params_file=str(params), root=str(root))
+    data = yaml.safe_load(params.read_text())
+    data["backbone"].update(kind="timm_vit", model="vit_tiny_patch16_224", weights="random",
+                            allow_random_init=True, model_kwargs={"depth": 2}, taps=[1, 3])
+    params.write_text(yaml.safe_dump(data))
+    capfd.readouterr()
+    rc = stage.main(["extract_features", "--root", str(root), "--params", str(params)])
+    line = _only_error_line(capfd.readouterr().err)
+    assert rc == 2 and line == (f"error: {params}: backbone.taps = [1, 3]: must be increasing 1-based "
+                                "block indices in [1, 2] (vit_tiny_patch16_224 has 2 blocks)")
+    assert not (root / "data" / "features").exists()
+    assert main(["check", str(params)]) == 2
+    assert _only_error_line(capfd.readouterr().err) == line

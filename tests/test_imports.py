@@ -1,5 +1,5 @@
 """The package boundaries hold: ``vfmtok`` imports alone (no DVC, no Prefect, no pipeline) and
-validating params imports neither torch nor Prefect."""
+validating params (``check --no-build``) imports neither torch nor Prefect."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def test_check_and_profile_import_neither_torch_nor_prefect(tmp_path):
     (tmp_path / "params" / "smoke.yaml").write_text((REPO / "params" / "smoke.yaml").read_text())
     code = (f"from pipeline.cli import main\n"
             f"assert main(['--root', {str(tmp_path)!r}, 'profile', 'smoke']) == 0\n"
-            f"assert main(['check', {str(tmp_path / 'params.yaml')!r}]) == 0")
+            f"assert main(['check', '--no-build', {str(tmp_path / 'params.yaml')!r}]) == 0")
     loaded = _modules_after(code)
     assert not loaded & {"torch", "prefect", "timm", "dvc"}, loaded & {"torch", "prefect", "timm", "dvc"}
     assert (tmp_path / "params.yaml").read_text() == (REPO / "params" / "smoke.yaml").read_text()

@@ -178,6 +178,47 @@ def test_stage_failing_every_attempt_fails_the_flow_and_is_recorded(tmp_path):
     assert not Layout(root).last_metrics.exists()
 
 
+USER_ERROR = "error: params.yaml: a.n = -1: must be at least 0"
+BAD_INPUT = f"""
+import sys
+with open("attempts.txt", "a") as f:  # one x per attempt
+    f.write("x")
+print({USER_ERROR!r}, file=sys.stderr)  # what pipeline/stage.py's guarded() prints, and its status
+sys.exit(2)
+"""
+
+
+def test_a_stage_user_error_is_not_retried_and_ends_the_run_with_its_line(tmp_path, monkeypatch, capsys,
+                                                                         caplog):
+    """Exit status 2 is a stage's bad input (DVC itself exits 255 and names the status): no retry,
+    and ``reproduce`` ends with the stage's own ``error:`` line and status 2, no traceback."""
+    from pipeline.cli import main
+    from pipeline.orchestration import run_api
+
+    root = _project(tmp_path / "user", """
+        stages:
+          bad:
+            cmd: python bad.py
+            deps: [bad.py]
+            outs: [never.txt]
+        """, {"bad.py": BAD_INPUT})
+    monkeypatch.setattr(run_api, "start_run_api", lambda: None)  # this session's API will do
+    caplog.set_level(logging.INFO)
+    assert main(["--root", str(root), "reproduce", "--retries", "2", "--retry-delay", "0"]) == 2
+    assert (root / "attempts.txt").read_text() == "x", "retried bad input"
+    out, err = capsys.readouterr()
+    assert err.splitlines()[-1] == USER_ERROR
+    assert "Traceback" not in out + err and not [r for r in caplog.records if r.exc_info]
+    assert any(r.levelno == logging.ERROR and r.getMessage() == USER_ERROR for r in caplog.records)
+    (row,) = stage_times.read(root)
+    assert (row.stage, row.status, row.attempts) == ("bad", "failed", 1)
+
+    failure = dvc_stages.failure(["dvc", "repro"], 255, [  # any other status is a fault: retried
+        "error: looks like bad input", "ERROR: failed to reproduce 'bad': failed to run: python "
+        "bad.py, exited with 1"])
+    assert type(failure) is dvc_stages.StageFailed
+
+
 def test_diff_markdown_lists_only_changes_and_rows_are_strict_json():
     prev = {"run": "old", "finished_utc": "t", "metrics": {"r.json": {"acc": 0.5, "n": 10, "name": "x"}}}
     cur = {"r.json": {"acc": 0.75, "n": 10, "name": "y"}, "s.json": {"fid": 3.0}}

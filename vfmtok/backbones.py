@@ -23,11 +23,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vfmtok.config import BackboneConfig
-from vfmtok.typed import validate
+from vfmtok.typed import ConfigError, config_error, validate
 from vfmtok.weights import read_state_dict
 
 _VIT_PREFIXES_THAT_FETCH = ("hf-hub:", "hf_hub:", "local-dir:")
 _TIMM_BUILDER_LOGGER = "timm.models._builder"
+
+
+class WeightsMismatch(ConfigError, RuntimeError):
+    """A weights file that does not fit its model: the user's to fix, so a ConfigError (one line,
+    no retry), and a RuntimeError as torch's own ``load_state_dict`` refusal is."""
 
 
 @dataclass
@@ -123,6 +128,15 @@ def _read_state_dict(path: str) -> dict[str, Tensor]:
     return read_state_dict(path, "backbone weights")
 
 
+def _load_into(net: nn.Module, cfg: BackboneConfig, path: str) -> None:
+    """``path``'s weights into ``net``; a file that does not fit is a ConfigError on the weights key."""
+    try:
+        net.load_state_dict(_read_state_dict(path))
+    except (ValueError, RuntimeError) as e:
+        raise config_error(cfg, "weights", cfg.weights, f"does not fit {cfg.kind}: "
+                           f"{' '.join(str(e).split())[:300]}", WeightsMismatch) from e
+
+
 # ----------------------------------------------------------------------------- timm ViTs
 
 
@@ -153,23 +167,64 @@ def _watch_missing_keys() -> Iterator[_MissingKeyLog]:
         logger.setLevel(old_level)
 
 
+# What TimmViTBackbone uses of a timm model: a plain ViT's blocks, patch grid and final norm.
+_VIT_API = ("blocks", "patch_embed", "norm", "embed_dim", "forward_intermediates",
+            "prune_intermediate_layers")
+
+
 def _create_timm_vit(cfg: BackboneConfig) -> nn.Module:
+    """The timm ViT of ``cfg`` at ``cfg.run_size``. A name timm does not know, a model that is no
+    ViT, kwargs it does not take and a weights file that does not fit it are the user's to fix:
+    each is a ConfigError naming the params key (``backbone.model``, ``judge.weights``...)."""
     import timm
 
     if cfg.model.startswith(_VIT_PREFIXES_THAT_FETCH):
-        raise ValueError(f"hub model names are not allowed (no downloads): {cfg.model!r}")
+        raise config_error(cfg, "model", cfg.model, "hub model names are not allowed (nothing is "
+                           "downloaded): give a timm model name and a local weights file")
+    if not timm.is_model(cfg.model):
+        raise config_error(cfg, "model", cfg.model, "is not a timm model name (see timm.list_models())")
     common = dict(img_size=cfg.run_size, num_classes=0, **cfg.model_kwargs)
-    if cfg.weights == "random":  # validate() has checked that it is allowed
-        return timm.create_model(cfg.model, pretrained=False, **common)
+    if cfg.weights != "random":  # else validate() has checked that random init is allowed
+        model = _load_timm_vit(cfg, common)
+    else:
+        try:
+            model = timm.create_model(cfg.model, pretrained=False, **common)
+        except Exception as e:  # noqa: BLE001 - timm refuses the name, the size or the kwargs
+            raise _refused(cfg, e) from e
+    missing = [a for a in _VIT_API if not hasattr(model, a)]
+    if missing:
+        raise config_error(cfg, "model", cfg.model, f"is not a timm ViT (it has no {', '.join(missing)})")
+    return model
+
+
+def _refused(cfg: BackboneConfig, e: Exception) -> Exception:
+    """timm's refusal to build ``cfg.model`` (no ViT: no img_size; a window or head count that the
+    size or ``model_kwargs`` break) as the ConfigError of the key the user would change."""
+    name = "model_kwargs" if cfg.model_kwargs else "model"
+    text = " ".join(str(e).split())[:300] or type(e).__name__
+    return config_error(cfg, name, getattr(cfg, name), f"timm cannot build {cfg.model!r} at "
+                        f"{cfg.run_size} px with model_kwargs {cfg.model_kwargs}: {text}")
+
+
+def _load_timm_vit(cfg: BackboneConfig, common: dict) -> nn.Module:
+    import timm
+
     path = _check_weights_file(cfg.weights)
     with _watch_missing_keys() as log:
         # pretrained_cfg 'file' outranks hub ids and urls in timm's source resolution, and
         # timm's checkpoint filter resamples the position embeddings to img_size.
-        model = timm.create_model(
-            cfg.model, pretrained=True, pretrained_cfg_overlay=dict(file=path), **common
-        )
+        try:
+            model = timm.create_model(
+                cfg.model, pretrained=True, pretrained_cfg_overlay=dict(file=path), **common
+            )
+        except TypeError as e:  # an unexpected keyword: no ViT (no img_size), or model_kwargs
+            raise _refused(cfg, e) from e
+        except (ValueError, RuntimeError) as e:  # not a state dict, or tensors of other shapes
+            raise config_error(cfg, "weights", path, f"does not fit {cfg.model!r}: "
+                               f"{' '.join(str(e).split())[:300]}", WeightsMismatch) from e
     if log.missing:
-        raise RuntimeError(f"weights file {path!r} does not fit {cfg.model!r}: {log.missing[0]}")
+        raise config_error(cfg, "weights", path, f"does not fit {cfg.model!r}: {log.missing[0]}",
+                           WeightsMismatch)
     return model
 
 
@@ -186,21 +241,21 @@ class TimmViTBackbone(FrozenBackbone):
         super().__init__(cfg.image_size, tuple(pc["mean"]), tuple(pc["std"]), cfg.run_size)
         depth = len(vit.blocks)
         taps = list(cfg.taps) or [depth * k // 4 for k in range(1, 5)]  # ViT-L: 6, 12, 18, 24
-        if not taps or any(not 1 <= t <= depth for t in taps) or taps != sorted(set(taps)):
-            raise ValueError(
-                f"taps must be increasing 1-based block indices in [1, {depth}], got {taps}"
-            )
+        if any(not 1 <= t <= depth for t in taps) or taps != sorted(set(taps)):
+            default = "" if cfg.taps else f"; [] means {taps}"
+            raise config_error(cfg, "taps", cfg.taps, f"must be increasing 1-based block indices in "
+                               f"[1, {depth}] ({cfg.model} has {depth} blocks{default})")
+        patch = vit.patch_embed.patch_size[0]
+        if vit.patch_embed.grid_size[0] * patch != cfg.run_size:
+            name = "input_size" if cfg.input_size else "image_size"
+            raise config_error(cfg, name, getattr(cfg, name), f"{cfg.model} runs at {cfg.run_size} px, "
+                               f"which is not a multiple of its patch size {patch}")
         self.taps = taps
         self._take = [t - 1 for t in taps]
         # Drop blocks after the last tap and the pooling head; keep the final norm.
         vit.prune_intermediate_layers(self._take, prune_norm=False, prune_head=True)
         self.vit = vit
         self.grid = tuple(vit.patch_embed.grid_size)  # (H, W) patches
-        if self.grid[0] * vit.patch_embed.patch_size[0] != cfg.run_size:
-            raise ValueError(
-                f"input size {cfg.run_size} is not a multiple of the patch size "
-                f"{vit.patch_embed.patch_size[0]}"
-            )
         self.level_channels = [vit.embed_dim] * len(taps)
         self.level_shapes = [self.grid] * len(taps)
         self._freeze()
@@ -234,7 +289,7 @@ class EfficientNetLite0Backbone(FrozenBackbone):
         # The run size sets the static TF 'SAME' padding of every conv for this resolution.
         net = EfficientNet.from_name("efficientnet-lite0", image_size=cfg.run_size)
         if cfg.weights != "random":  # validate() has checked that random init is allowed
-            net.load_state_dict(_read_state_dict(self._weights_path(cfg.weights)))
+            _load_into(net, cfg, self._weights_path(cfg.weights))
         self.net = net  # the head/fc are used only by classify()
         strides = tuple(cfg.taps) or self.DEFAULT_TAPS
         self._taps, self.level_channels, self.level_shapes = self._stage_ends(net, cfg.run_size, strides)

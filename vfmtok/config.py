@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from vfmtok.typed import NEUTRAL, ConfigError
+from vfmtok.typed import NEUTRAL, ConfigError, config_error
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -203,6 +203,15 @@ class TrainLoopConfig:
         if self.lr_schedule == "cosine" and self.min_lr > self.lr:
             raise ConfigError("min_lr", self.min_lr, f"must not exceed lr {self.lr}")
 
+    def check_world(self, world: int) -> None:
+        """Each of the ``world`` processes of a launch takes ``batch_size / world`` rows of every step
+        (``vfmtok.distributed``). Not a ``validate()`` rule: it depends on the launch, and only the
+        training stage itself (and ``check``, for the launch ``WORLD_SIZE`` describes) asks it."""
+        if self.batch_size % world:
+            raise config_error(self, "batch_size", self.batch_size, f"must be divisible by the {world} "
+                               "processes of this launch (WORLD_SIZE): each takes batch_size / "
+                               "WORLD_SIZE rows of every step")
+
 
 @dataclass(kw_only=True)
 class TokenizerTrainConfig(TrainLoopConfig):
@@ -364,6 +373,7 @@ class ARTrainConfig(TrainLoopConfig):
     randomness_anneal_end: int = field(default=0, metadata=_range(0))
 
     def validate(self) -> None:
+        super().validate()
         if self.randomness_anneal_end < self.randomness_anneal_start:
             raise ConfigError("randomness_anneal_end", self.randomness_anneal_end,
                               f"must be >= randomness_anneal_start {self.randomness_anneal_start}")

@@ -27,7 +27,7 @@ from vfmtok.backbones import FrozenBackbone
 from vfmtok.config import LossConfig
 from vfmtok.discriminator import Discriminator, hinge_d_loss, hinge_g_loss, non_saturating_g_loss
 from vfmtok.lpips import LPIPS
-from vfmtok.typed import validate
+from vfmtok.typed import config_error, validate
 
 
 def feature_loss(pred_levels: list[Tensor], target_levels: list[Tensor]) -> Tensor:
@@ -48,6 +48,16 @@ def feature_loss(pred_levels: list[Tensor], target_levels: list[Tensor]) -> Tens
             for p, t in zip(pred_levels, target_levels, strict=True)
         ]
         return torch.stack(terms).sum()
+
+
+def _lpips(cfg: LossConfig) -> LPIPS:
+    """LPIPS from the two files of ``cfg``; a file that is no such weights file is the user's to
+    fix, so it is a ConfigError naming its key (a missing one is a FileNotFoundError already)."""
+    try:
+        return LPIPS(cfg.lpips_vgg_weights, cfg.lpips_lin_weights)
+    except (ValueError, RuntimeError) as e:
+        name = "lpips_lin_weights" if repr(cfg.lpips_lin_weights) in str(e) else "lpips_vgg_weights"
+        raise config_error(cfg, name, getattr(cfg, name), " ".join(str(e).split())) from e
 
 
 class TokenizerLoss(nn.Module):
@@ -73,7 +83,7 @@ class TokenizerLoss(nn.Module):
         self.backbone = backbone  # shared with the tokenizer; frozen (no trainable params)
         self.lpips = None
         if cfg.perceptual == "lpips":
-            self.lpips = LPIPS(cfg.lpips_vgg_weights, cfg.lpips_lin_weights)
+            self.lpips = _lpips(cfg)
         # Built whenever there is a trunk, so the trainer can always make its D optimizer;
         # it is only used once gan_active(step).
         self.discriminator = (Discriminator(backbone, disc_hidden, spectral_norm=cfg.disc_spectral_norm)

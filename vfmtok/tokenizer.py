@@ -30,7 +30,7 @@ from vfmtok.config import BackboneConfig, TokenizerConfig
 from vfmtok.decoder import ConvDecoder, SelfAttention, ViTDecoder
 from vfmtok.deform_attn import MSDeformAttn
 from vfmtok.quantizer import QuantizerStats, VectorQuantizer
-from vfmtok.typed import to_dict, validate
+from vfmtok.typed import config_error, to_dict, validate
 from vfmtok.vqgan_encoder import VQGANEncoder
 
 ANCHOR_GAIN = 0.1  # initial LayerNorm gain of the anchor queries (see AnchorEncoder)
@@ -261,9 +261,9 @@ class VFMTokenizer(Tokenizer):
 
     def __init__(self, cfg: TokenizerConfig, backbone: Any) -> None:
         n_levels = len(backbone.level_channels)
-        if not -n_levels <= cfg.semantic_level < n_levels:
-            raise ValueError(f"semantic_level {cfg.semantic_level} is not one of the backbone's "
-                             f"{n_levels} levels")
+        if not -n_levels <= cfg.semantic_level < n_levels:  # the backbone's taps decide the count
+            raise config_error(cfg, "semantic_level", cfg.semantic_level, f"must be one of the "
+                               f"backbone's {n_levels} levels ({-n_levels}..{n_levels - 1}: one per tap)")
         sem = cfg.semantic_level % n_levels
         sem_shape = tuple(backbone.level_shapes[sem]) if cfg.semantic else None
         super().__init__(cfg, sem_shape, int(backbone.level_channels[sem]))
@@ -339,7 +339,6 @@ def build_tokenizer(cfg: TokenizerConfig, backbone: Any = None) -> Tokenizer:
     if backbone is None:
         raise ValueError("a vfmtok tokenizer needs the frozen backbone (its levels are the input)")
     if int(backbone.image_size) != cfg.image_size:
-        raise ValueError(
-            f"tokenizer image_size {cfg.image_size} != backbone image_size {backbone.image_size}"
-        )
+        raise config_error(cfg, "image_size", cfg.image_size,
+                           f"must equal the backbone image_size {backbone.image_size}")
     return VFMTokenizer(cfg, backbone)

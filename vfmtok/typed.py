@@ -12,17 +12,29 @@ Two field flags (``metadata``):
   computes; left out of :func:`result_dict`, so checkpoints and stored model configs match
   whatever the device.
 - ``min`` / ``max``: inclusive bounds, checked for numbers and for every number of a list.
+
+Every float must be finite: YAML spells NaN and infinity ``.nan`` / ``.inf`` and JSON readers
+accept ``NaN``, and neither is a learning rate or a weight that any run can use (NaN also
+compares false with every bound, so a range alone would let it through).
+
+A config built by :func:`from_dict` remembers where it was read (:func:`origin_of`: its dotted
+key, and the file once :func:`mark_file` names it), so that a rule only a built model can check
+(a timm ViT's depth, its patch size) raises the same one-line error as a params rule, naming the
+key as the user wrote it: :func:`config_error`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 NEUTRAL = {"neutral": True}
+FINITE = "must be a finite number"
+_ORIGIN = "_config_origin"  # instance attribute: (dotted key, file or None, {field: source key})
 
 
 class ConfigError(ValueError):
@@ -70,7 +82,13 @@ def _convert_scalar(tp: Any, value: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(key, value, "must be a number")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond the float range
+            number = math.inf
+        if not math.isfinite(number):
+            raise ConfigError(key, value, FINITE)
+        return number
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(key, value, "must be an integer")
@@ -112,23 +130,34 @@ def check_range(f: dataclasses.Field, value: Any, key: str) -> None:
     for v in value if isinstance(value, list) else [value]:
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             continue
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(key, value, FINITE)
         if lo is not None and v < lo:
             raise ConfigError(key, value, f"must be >= {lo}")
         if hi is not None and v > hi:
             raise ConfigError(key, value, f"must be <= {hi}")
 
 
-def validate(obj: Any, prefix: str = "") -> None:
+def validate(obj: Any, prefix: str | None = None) -> None:
     """Ranges of every field, then ``obj.validate()``, recursively, keys dotted under ``prefix``.
 
     Model builders call this too, so a config made in Python meets the same rules as one read
-    from a file.
+    from a file; ``prefix`` defaults to where ``obj`` was read (:func:`origin_of`), so a builder's
+    error names the key and the file as ``load_params`` would.
     """
+    key, file, _ = origin_of(obj)
+    try:
+        _validate(obj, key if prefix is None else prefix)
+    except ConfigError as e:
+        raise (e.in_file(file) if file and e.file is None else e) from None
+
+
+def _validate(obj: Any, prefix: str) -> None:
     dotted = f"{prefix}." if prefix else ""
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            validate(value, f"{dotted}{f.name}")
+        if _is_config(value):
+            _validate(value, f"{dotted}{f.name}")
         else:
             check_range(f, value, f"{dotted}{f.name}")
     hook = getattr(obj, "validate", None)
@@ -137,6 +166,67 @@ def validate(obj: Any, prefix: str = "") -> None:
             hook()
         except ConfigError as e:
             raise e.under(prefix) from None
+
+
+# ----------------------------------------------------------------------------- origins
+
+
+def _is_config(value: Any) -> bool:
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
+def origin_of(obj: Any) -> tuple[str, str | Path | None, dict[str, str]]:
+    """``(dotted key, file, {field: the key it is set by})`` of a config read by
+    :func:`from_dict` (``("", None, {})`` for one built in Python)."""
+    return getattr(obj, _ORIGIN, ("", None, {}))
+
+
+def _set_origin(obj: Any, key: str, file: str | Path | None, aliases: dict[str, str]) -> None:
+    object.__setattr__(obj, _ORIGIN, (key, file, aliases))
+
+
+def mark_keys(obj: Any, prefix: str) -> None:
+    """Remember ``prefix`` as the dotted key of ``obj`` and its nested configs (defaults too)."""
+    _, file, aliases = origin_of(obj)
+    _set_origin(obj, prefix, file, aliases)
+    dotted = f"{prefix}." if prefix else ""
+    for f in dataclasses.fields(obj):
+        if _is_config(value := getattr(obj, f.name)):
+            mark_keys(value, f"{dotted}{f.name}")
+
+
+def mark_file(obj: Any, file: str | Path) -> None:
+    """Remember ``file`` as where ``obj`` and its nested configs were read."""
+    key, _, aliases = origin_of(obj)
+    _set_origin(obj, key, file, aliases)
+    for f in dataclasses.fields(obj):
+        if _is_config(value := getattr(obj, f.name)):
+            mark_file(value, file)
+
+
+def mark_alias(obj: Any, name: str, source_key: str) -> None:
+    """Field ``name`` of ``obj`` is filled in from ``source_key`` (the user sets that one)."""
+    key, file, aliases = origin_of(obj)
+    _set_origin(obj, key, file, {**aliases, name: source_key})
+
+
+def key_of(obj: Any, name: str) -> str:
+    """The dotted key of field ``name`` of ``obj``, as the user writes it."""
+    key, _, aliases = origin_of(obj)
+    return aliases.get(name) or (f"{key}.{name}" if key else name)
+
+
+def config_error(obj: Any, name: str, value: Any, problem: str,
+                 cls: type[ConfigError] = ConfigError) -> ConfigError:
+    """The error of field ``name`` of config ``obj``, naming its key and file (:func:`key_of`)."""
+    return cls(key_of(obj, name), value, problem, origin_of(obj)[1])
+
+
+def replace(obj: Any, **changes: Any) -> Any:
+    """:func:`dataclasses.replace` that keeps where ``obj`` was read."""
+    new = dataclasses.replace(obj, **changes)
+    _set_origin(new, *origin_of(obj))
+    return new
 
 
 def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
@@ -158,6 +248,7 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
             continue
         kwargs[name] = _convert(hints[name], data[name], f"{dotted}{name}")
     obj = cls(**kwargs)
+    mark_keys(obj, prefix)
     validate(obj, prefix)
     return obj
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline.errors import UserError
 from pipeline.layout import Layout
-from pipeline.orchestration.server import RunApi, start_run_api
+from pipeline.orchestration.run_api import RunApi, start_run_api
 from pipeline.params import load_params, profile_path
 from vfmtok import files
 

@@ -3,7 +3,9 @@
 :func:`run_stages` runs one task per stage in DVC's order (``dag.py``). Each task first asks DVC's
 ``status`` in-process whether its stage is stale (no subprocess for a current stage), and if so
 runs ``dvc repro --single-item STAGE``, so DVC itself runs, restores (run-cache) or skips the stage.
-A failing stage is retried with exponential backoff, and each stage's wall time per run (split into
+A stage that fails is retried with exponential backoff, unless its process exited with the user-error
+status (``pipeline/stage.py``: one ``error:`` line, exit 2: bad input, which the next attempt would
+meet again); that ends the run with the stage's one line. Each stage's wall time per run (split into
 the stage's work, its imports and Prefect, as the stage process reports them) is appended to
 ``reports/stage_times.{csv,md}``. The stage process runs folded into its task
 (``pipeline/lazy_prefect.py``: no Prefect import, no flow run of its own), so the run is one row
@@ -17,6 +19,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -28,9 +31,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run, task_run
 from prefect.tasks import exponential_backoff
 
+from pipeline.errors import UserError, is_user_error, retry_unless_user_error
 from pipeline.lazy_prefect import FOLD_ENV
 from pipeline.orchestration.dag import Stage, dag_stages, is_stale, stale_stages
-from pipeline.orchestration.relay import Relay, child_log_env, segments
+from pipeline.orchestration.relay import STAGE_ERROR, Relay, child_log_env, segments
 from pipeline.orchestration.stage_process import ProcessTimes
 from pipeline.reporting import stage_times
 from pipeline.reporting.stage_times import StageTime
@@ -42,8 +46,30 @@ STATUS_LINES = [  # DVC's words for what it did with a stage -> our status
 ]
 
 
+USER_ERROR_STATUS = 2  # a stage process's exit status for bad input (pipeline/stage.py: guarded)
+# What DVC says when a stage's command fails (dvc/stage/exceptions.py: StageCmdFailedError); DVC
+# itself then exits with 255 whatever the command's status was.
+CMD_FAILED = re.compile(r"^ERROR: failed to reproduce '[^']*': failed to run: .*, "
+                        r"exited with (?P<status>-?\d+)$")
+
+
 class StageFailed(RuntimeError):
     """``dvc repro`` of one stage exited non-zero; the message carries the end of its output."""
+
+
+class StageUserError(StageFailed, UserError):
+    """The stage's process exited with :data:`USER_ERROR_STATUS`: its input is wrong, and a retry
+    would fail the same way. The message is the stage's own ``error:`` line, without the prefix."""
+
+
+def failure(cmd: list[str], rc: int, lines: list[str]) -> StageFailed:
+    """The exception for ``dvc CMD`` having exited with ``rc`` after printing ``lines``: a user
+    error when DVC says the stage's command exited with :data:`USER_ERROR_STATUS`."""
+    statuses = [int(m["status"]) for line in lines if (m := CMD_FAILED.match(line))]
+    if statuses and statuses[-1] == USER_ERROR_STATUS:
+        said = [m["msg"] for line in lines if (m := STAGE_ERROR.match(line))]
+        return StageUserError(said[-1] if said else lines[-1])
+    return StageFailed(f"`{' '.join(cmd)}` exited with {rc}:\n" + "\n".join(lines))
 
 
 @dataclass
@@ -95,7 +121,7 @@ def run_dvc(root: str | Path, args: list[str], api: str | None) -> DvcRun:
     for text, redraw in segments(proc.stdout):
         relay.feed(text, redraw)
     if (rc := proc.wait()) != 0:
-        raise StageFailed(f"`{' '.join(cmd)}` exited with {rc}:\n" + "\n".join(relay.tail))
+        raise failure(cmd, rc, list(relay.tail))
     return DvcRun(relay.said(), relay.times)
 
 
@@ -174,15 +200,15 @@ def run_stages(root: Path, targets: list[str] | None, retries: int, retry_delay_
         for s in stages:
             t0 = time.perf_counter()
             stage_task = run_stage.with_options(
-                name=f"stage {s.name}", retries=retries,
+                name=f"stage {s.name}", retries=retries, retry_condition_fn=retry_unless_user_error,
                 retry_delay_seconds=exponential_backoff(backoff_factor=retry_delay_s),
             )  # fmt: skip
             try:
                 known = "stale" if s.name in stale else "ask" if ran else "current"
                 out = stage_task(str(root), s.name, api, known)
-            except Exception:
-                times.append(StageTime(run_name, started, s.name, "failed", retries + 1,
-                                       time.perf_counter() - t0))
+            except Exception as e:
+                times.append(StageTime(run_name, started, s.name, "failed",
+                                       1 if is_user_error(e) else retries + 1, time.perf_counter() - t0))
                 raise
             times.append(_row(run_name, started, s, root, out, time.perf_counter() - t0))
             ran = ran or out.status in ("ran", "restored")

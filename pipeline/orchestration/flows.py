@@ -19,6 +19,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from pipeline.errors import quiet_prefect
 from pipeline.orchestration import promotion, workspace
 from pipeline.orchestration.dvc_stages import run_stages, verbose_run_logs
 from pipeline.orchestration.metrics_artifacts import publish_metrics
@@ -31,8 +32,10 @@ def reproduce_flow(root: str = ".", targets: list[str] | None = None, retries: i
                    retry_delay_s: float = 10.0, stale: list[str] | None = None) -> dict:
     """``dvc repro`` as one task per stage, then the metrics and diff artifacts. ``stale``: the
     stale stages when the caller has just asked DVC (``vfmtok-pipeline reproduce`` does, while
-    the run's API starts); None: asked here."""
+    the run's API starts); None: asked here. A stage's user error ends the run with its one line
+    (``dvc_stages.StageUserError``), its tracebacks dropped (``quiet_prefect``)."""
     verbose_run_logs()
+    quiet_prefect()
     path = Path(root).resolve()
     times = run_stages(path, targets, retries, retry_delay_s, stale=stale)
     return {"stages": [asdict(t) for t in times], "metrics": publish_metrics(path)}
@@ -112,6 +115,7 @@ def retrain_flow(root: str = ".", exp_name: str = "", set_params: list[str] | No
     """A scheduled retrain in an isolated clone: params overrides, the stages (``targets`` and
     upstream; default all), a named DVC experiment, then the promotion gate."""
     verbose_run_logs()
+    quiet_prefect()
     path = Path(root).resolve()
     name = exp_name or dt.datetime.now(dt.UTC).strftime("retrain-%Y%m%d-%H%M%S")
     with workspace.isolated(path, name, keep=keep_workspace) as clone:

@@ -1,7 +1,8 @@
 """A ``dvc`` subprocess's output, relayed line by line to the orchestrating task's Prefect logger.
 
 The output mixes three things, each handled once:
-- DVC's own lines and whatever a stage prints: logged as they come (terminal and Prefect API);
+- DVC's own lines and whatever a stage prints: logged as they come (terminal and Prefect API), at
+  INFO, but a stage's ``error:`` line (its user error, the reason the run stops) at ERROR;
 - a progress bar's redraws (text ended by a bare ``\\r``): one line at most every
   ``PROGRESS_EVERY_S``, so a long stage shows signs of life without flooding the log, and a bar
   left open by a log line is cut off from it instead of running into it;
@@ -30,6 +31,7 @@ _LEVEL = r"(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL) +\| "
 RECORD = re.compile(_LEVEL + r"(?P<msg>.*)")  # a record of the stage process's Prefect logger
 RUN_IN = re.compile(_LEVEL + r"(?:Flow run|Task run|prefect)")  # such a record after a bar's text
 IN_API = re.compile(r"(?:Flow run|Task run) '[^']*' - ")  # a record a Prefect run logger shipped itself
+STAGE_ERROR = re.compile(r"^error: (?P<msg>.+)$")  # a stage's user error (pipeline/stage.py: guarded)
 
 
 def child_log_env() -> dict[str, str]:
@@ -100,7 +102,7 @@ class Relay:
             extra = {"send_to_api": False} if IN_API.match(m["msg"]) else None
             self.log.log(logging.getLevelName(m["level"]), m["msg"], extra=extra)
         else:
-            self.log.info(text)
+            self.log.log(logging.ERROR if STAGE_ERROR.match(text) else logging.INFO, text)
         self.tail.append(text)
         if len(self.head) < 20:
             self.head.append(text)

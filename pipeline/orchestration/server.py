@@ -1,32 +1,19 @@
 """Prefect servers: ``serve`` (the retrain on a cron schedule, and ``reproduce`` on demand) against a
-Prefect server, optionally one we start ourselves on 127.0.0.1; and the throw-away API of one
-``vfmtok-pipeline reproduce`` run (:func:`start_run_api`)."""
+Prefect server, optionally one we start ourselves on 127.0.0.1. (The throw-away API of one run is
+``run_api.py``.)"""
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.layout import Layout
+from pipeline.orchestration.run_api import came_up, healthy, stop_server
 
 DEPLOYMENT = "vfmtok-retrain"
-
-
-def healthy(api_url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 def ui_url(api_url: str) -> str:
@@ -61,79 +48,6 @@ def start_server(port: int, log_path: Path, timeout: float = 180.0) -> subproces
         tail = log_path.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"prefect server did not start on 127.0.0.1:{port}; {log_path}:\n{tail}")
     return proc
-
-
-def came_up(api_url: str, proc: subprocess.Popen, timeout: float) -> bool:
-    """Wait until the API of server ``proc`` answers (True), it exits or ``timeout`` passes (False)."""
-    deadline = time.monotonic() + timeout
-    while not healthy(api_url, timeout=1.0):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
-def stop_server(proc: subprocess.Popen | None, timeout: float = 30.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class RunApi:
-    """The throw-away API :func:`start_run_api` started: its address and its server process."""
-
-    url: str
-    proc: subprocess.Popen
-
-    def wait_until_healthy(self, timeout: float = 120.0) -> None:
-        if not came_up(self.url, self.proc, timeout):
-            raise RuntimeError(f"the run's Prefect API did not answer at {self.url} within "
-                               f"{timeout:.0f} s (server exit status {self.proc.poll()})")
-
-    def stop(self) -> None:
-        """Stop it (once the processes that used it are done, or at once if none will) and take
-        ``PREFECT_API_URL`` back."""
-        stop_server(self.proc)
-        os.environ.pop("PREFECT_API_URL", None)
-
-
-def start_run_api() -> RunApi | None:
-    """A throw-away Prefect API for one run, started *before* this process imports Prefect.
-
-    Without ``PREFECT_API_URL`` a flow call starts Prefect's ephemeral server itself: it first
-    imports the server app in the calling process (~4.5 s on 2 cores), then starts it in a
-    subprocess and waits; only then does anything else happen. Started here instead (the same
-    server: uvicorn on the API app, UI off, this ``PREFECT_HOME``'s database), it comes up while
-    this process asks DVC's status and imports Prefect, DVC and the flows (~3-4 s), and
-    ``PREFECT_API_URL`` points the run and its stage processes at it. Returns it, or None when
-    ``PREFECT_API_URL`` already names a server (the user's own). Stopped at exit like the
-    ephemeral one: registered before Prefect's log and event workers, it stops after they have
-    shipped their last records.
-    """
-    if os.environ.get("PREFECT_API_URL"):
-        return None
-    port = free_port()
-    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-           "PREFECT__SERVER_FINAL": "1"}
-    cmd = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
-           "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"]
-    proc = subprocess.Popen(cmd, env=env)
-    atexit.register(stop_server, proc)
-    url = f"http://127.0.0.1:{port}/api"
-    os.environ["PREFECT_API_URL"] = url  # read when Prefect is first imported, after this
-    return RunApi(url, proc)
 
 
 def serve(

@@ -11,6 +11,11 @@ Every stage process also prints one :data:`TIMES_LINE` at the end: the time of t
 without an orchestrator) and of Prefect (its import plus the flow run around the body; 0 when
 folded). The orchestrator reads it from the output to split a stage's wall time into work and
 overhead.
+
+Alone, the stage also starts the throw-away Prefect API its flow run needs (:func:`start_run_api`),
+as ``vfmtok-pipeline reproduce`` does for its run: early, so it comes up while Prefect and the
+stage's module are imported, and tied to this process, so it dies with the stage even when the
+stage is killed with ``kill -9`` (Prefect's own ephemeral server would live on).
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.lazy_prefect import StageFlow, folded, log_to_stdout
+from pipeline.lazy_prefect import StageFlow, folded, log_to_stdout, show_run_records
+from pipeline.orchestration.run_api import start_run_api
 
 TIMES_LINE = "[vfmtok] stage {stage}: work {work:.3f} s, imports {imports:.3f} s, prefect {prefect:.3f} s"
 TIMES_RE = re.compile(r"\[vfmtok\] stage (?P<stage>\S+): work (?P<work>[\d.]+) s, "
@@ -61,9 +67,12 @@ def _timed(fn: Callable[..., Any], clock: dict[str, float]) -> Callable[..., Any
 def run_stage_flow(stage: str, module_name: str, parameters: dict[str, Any],
                    after_import: Callable[[], None] = lambda: None) -> Any:
     """Import the stage's module, run its ``<stage>_flow`` (a Prefect flow, or folded: a plain
-    call), then print the :data:`TIMES_LINE`."""
+    call), then print the :data:`TIMES_LINE`. Alone, against this process's own throw-away API
+    unless ``PREFECT_API_URL`` names one (an orchestrating run's, a shared one, the user's)."""
     t0 = time.perf_counter()
+    api = None
     if not folded():
+        api = start_run_api()  # comes up while Prefect and the stage's module are imported
         import prefect  # noqa: F401 - timed apart from the stage's own imports
     t_prefect = time.perf_counter()
     module = importlib.import_module(module_name)
@@ -74,9 +83,12 @@ def run_stage_flow(stage: str, module_name: str, parameters: dict[str, Any],
         log_to_stdout()
         result = _timed(stage_flow.fn, clock)(**parameters)
     else:
-        after_import()
         timed = (stage_flow.as_prefect() if isinstance(stage_flow, StageFlow) else stage_flow).with_options()
         timed.fn = _timed(timed.fn, clock)
+        after_import()  # Prefect has set up its loggers by now (prefect.main, imported just above)
+        show_run_records()
+        if api:
+            api.wait_until_healthy()
         result = timed(**parameters)
     t_end = time.perf_counter()
     work = clock.get("body", 0.0)

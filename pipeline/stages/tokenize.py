@@ -83,8 +83,9 @@ def tokenize_flow(params_file: str = "params.yaml", root: str = ".") -> dict:
     meta = {"tokenizer_sha256": digest, "n_tokens": str(model.n_tokens),
             "tokenizer_kind": params.tokenizer.kind}
 
-    shutil.rmtree(layout.tokens, ignore_errors=True)
-    layout.tokens.mkdir(parents=True)
+    if distributed.is_main():  # rank 0 alone owns the folder: ranks racing here crashed torchrun runs
+        shutil.rmtree(layout.tokens, ignore_errors=True)
+        layout.tokens.mkdir(parents=True)
     start, written, done = time.perf_counter(), [], 0
     for split in p.splits:
         images = SplitImages(layout.prepared, split)

@@ -23,7 +23,7 @@ from pipeline.formats import prepared, tokens
 from pipeline.formats.prepared import SplitImages
 from pipeline.layout import Layout
 from pipeline.lazy_prefect import flow, get_run_logger, task
-from pipeline.params import Params, load_params
+from pipeline.params import Params, launch_world_size, load_params
 from pipeline.reporting.live import curve_every, log_step, open_live, read_curve
 from pipeline.reporting.progress import Progress
 from pipeline.sample_quality import SampleQuality
@@ -123,6 +123,7 @@ def _quality(params: Params, layout: Layout, device: torch.device) -> SampleQual
 @flow(name=STAGE)
 def train_ar_flow(params_file: str = "params.yaml", root: str = ".") -> dict:
     params = load_params(params_file)
+    params.check_launch(launch_world_size(), ("train_ar",))  # before joining the process group
     layout, cfg = Layout(Path(root)), params.train_ar
     device = distributed.init_from_env(cfg.device)  # torchrun: this rank's GPU (or gloo on CPU)
     trained = fit(params, layout, device)

@@ -22,7 +22,7 @@ from pipeline.formats import features
 from pipeline.formats.prepared import SplitImages
 from pipeline.layout import Layout
 from pipeline.lazy_prefect import flow, get_run_logger, task
-from pipeline.params import Params, load_params
+from pipeline.params import Params, launch_world_size, load_params
 from pipeline.reconstruction import reconstruct
 from pipeline.reporting import grids
 from pipeline.reporting.live import curve_every, log_step, open_live
@@ -110,6 +110,7 @@ def validate(params: Params, layout: Layout, model: Tokenizer, device: torch.dev
 @flow(name=STAGE)
 def train_tokenizer_flow(params_file: str = "params.yaml", root: str = ".") -> dict:
     params = load_params(params_file)
+    params.check_launch(launch_world_size(), ("train_tokenizer",))  # before joining the process group
     layout, cfg = Layout(Path(root)), params.train_tokenizer
     device = distributed.init_from_env(cfg.device)  # torchrun: this rank's GPU
     trained = fit(params, layout, device)
