@@ -91,17 +91,19 @@ def _worst_corner(err: torch.Tensor) -> float:
 def test_no_fixed_position_peak_with_the_new_grouping():
     new = _fixed_position_peak(_mean_error())
     old = _fixed_position_peak(_mean_error(groups=instance_norm_groups))
-    assert old > 2 * new, (old, new)  # measured: 4.6 grey levels with the old grouping, 1.3 with the new
+    # measured (old / new, grey levels): 4.58 / 1.32 at 2 threads; at 1 thread 4.73 / 1.85 with
+    # AVX2 kernels and 4.40 / 1.70 with scalar ones (ATEN_CPU_CAPABILITY=default)
+    assert old > 1.6 * new, (old, new)
 
 
 def test_replicate_padding_leaves_no_corner_error():
     zeros, replicate = _mean_error(), _mean_error(padding_mode="replicate")
-    # measured: 11.3 grey levels at the worst corner with zero padding, 1.1 with replicate
+    # measured: 11.3-11.7 grey levels at the worst corner with zero padding, 1.1-1.3 with replicate
     corners = _worst_corner(zeros), _worst_corner(replicate)
     assert corners[0] > 4 * corners[1], corners
-    # and no position-tied error elsewhere either (measured: 1.0 vs 4.6)
+    # and no position-tied error elsewhere either (measured: 0.93-0.96 vs 4.40-4.73, as above)
     old = _mean_error(groups=instance_norm_groups)
-    assert 2 * _fixed_position_peak(replicate) < _fixed_position_peak(old)
+    assert 1.6 * _fixed_position_peak(replicate) < _fixed_position_peak(old)
 
 
 def test_conv_padding_reaches_every_3x3_conv():
