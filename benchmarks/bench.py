@@ -46,14 +46,14 @@ from bench_report import device_name, markdown, write_report  # noqa: E402
 
 from pipeline.formats.tokens import TokenWriter  # noqa: E402
 from pipeline.params import Params, load_params  # noqa: E402
-from vfmtok import generators  # noqa: E402
+from vfmtok import zoo  # noqa: E402
 from vfmtok.backbones import build_backbone  # noqa: E402
 from vfmtok.config import ARTrainConfig  # noqa: E402
-from vfmtok.generate import generate  # noqa: E402
+from vfmtok.device import autocast, pick_device  # noqa: E402
+from vfmtok.generator_training import optimizer  # noqa: E402
 from vfmtok.losses import TokenizerLoss  # noqa: E402
-from vfmtok.runtime import autocast, pick_device  # noqa: E402
+from vfmtok.sampling import generate  # noqa: E402
 from vfmtok.tokenizer import build_tokenizer  # noqa: E402
-from vfmtok.train_ar import optimizer  # noqa: E402
 from vfmtok.transformer import Generator  # noqa: E402
 
 SAMPLE_TOKENS = 256
@@ -154,7 +154,7 @@ def bench_tokenizer(case: Case, device: torch.device) -> dict:
 
 
 def tokenizer_step(case: Case, tok, backbone, images: torch.Tensor) -> Callable[[], None]:
-    """One step as ``vfmtok.train_tokenizer`` takes it (before the GAN starts)."""
+    """One step as ``vfmtok.tokenizer_training`` takes it (before the GAN starts)."""
     p, device = case.params, images.device
     loss_cfg = p.train_tokenizer.loss
     if loss_cfg.perceptual == "lpips":  # needs local VGG/LPIPS files
@@ -188,7 +188,7 @@ def tokenizer_step(case: Case, tok, backbone, images: torch.Tensor) -> Callable[
 def gpt_for(p: Params, name: str, n_tokens: int | None = None) -> Generator:
     """Zoo entry ``name`` (GPT or RAR) at the profile's codebook, token count and classes."""
     num_classes = 10 if p.prepare.source == "fashion_mnist" else 1000
-    return generators.build(name, vocab_size=p.tokenizer.codebook_size,
+    return zoo.build(name, vocab_size=p.tokenizer.codebook_size,
                             n_tokens=n_tokens or p.tokenizer.n_tokens, num_classes=num_classes)
 
 

@@ -30,8 +30,8 @@ from bench import ROOT, gpt_for, ratio_spread, repeat_times, spread, sync  # noq
 from bench_report import device_name, write_report  # noqa: E402
 
 from pipeline.params import load_params  # noqa: E402
-from vfmtok.generate import generate  # noqa: E402
-from vfmtok.runtime import autocast, pick_device  # noqa: E402
+from vfmtok.device import autocast, pick_device  # noqa: E402
+from vfmtok.sampling import generate  # noqa: E402
 from vfmtok.transformer import Generator  # noqa: E402
 
 KINDS = {  # profiler op name fragments -> kind (first match wins)

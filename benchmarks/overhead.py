@@ -136,7 +136,7 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix=f"vfmtok-overhead-{args.profile}-"))
     os.environ.update(_env(root))  # before prefect is imported by the helpers below
-    from pipeline import prefect_env
+    from pipeline.orchestration import prefect_env
 
     prefect_env.configure(root)
     try:

@@ -52,10 +52,10 @@ def score(folder: Path) -> dict:
     import numpy as np
     import torch
 
+    from pipeline.evaluation.reconstruction import reconstruct
     from pipeline.formats import features
     from pipeline.formats.prepared import SplitImages
     from pipeline.params import load_params
-    from pipeline.reconstruction import reconstruct
     from vfmtok.metrics import batch_psnr, codebook_usage, error_bias, linear_readout_psnr
     from vfmtok.tokenizer import Tokenizer
 

@@ -5,7 +5,7 @@ around the pipeline.
 does (``pipeline/stage.py``). A user
 error (bad params, source, token file, missing model) prints one ``error:`` line and exits with 2;
 ``--debug`` (or ``VFMTOK_DEBUG=1``) shows the traceback instead. ``check`` builds the params'
-models on torch's meta device (``pipeline/buildcheck.py``; ``--no-build``: no torch); ``profile``,
+models on torch's meta device (``pipeline/commands/check.py``; ``--no-build``: no torch); ``profile``,
 ``deps`` and ``summary`` import no torch and no Prefect; ``generate`` and ``reconstruct`` use the trained
 model folders (``pipeline/commands/``); ``reproduce`` and ``serve`` are the Prefect orchestration
 (``pipeline/orchestration/``).
@@ -19,7 +19,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from pipeline import errors, prefect_env, stage
+from pipeline import errors, stage
+from pipeline.orchestration import prefect_env
 
 
 def _use_profile(name: str, root: str) -> None:
@@ -81,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     rvr.add_argument("--gpt", default="GPT-Tiny", help="the raster GPT (default: GPT-Tiny)")
     rvr.add_argument("--rar", default="RAR-Tiny", help="the RAR of the same size (default: RAR-Tiny)")
     imp = sub.add_parser("import-weights", help="released VFMTok / LlamaGen checkpoints -> data/tokenizer, "
-                         "data/gpt (see README: Importing released weights)")
+                         "data/generator (see README: Importing released weights)")
     imp.add_argument("--tokenizer", metavar="FILE", help="VFMTok's vfmtok-tokenizer.pt")
     imp.add_argument("--gpt", metavar="FILE", help="VFMTok's GPT-*-*e.pt or LlamaGen's c2i_*_*.pt")
     imp.add_argument("--n-tokens", type=int, default=256, help="the GPT's tokens per image: 256, or 576 for "
@@ -95,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("targets", nargs="*", help="stages to update, with their upstream (default: all)")
     rep.add_argument("--record", action="store_true",
                      help="run (and record) the Prefect flow even when DVC says every stage is current")
-    gen = sub.add_parser("generate", help="a PNG grid of new images of one class (data/gpt, data/tokenizer)")
+    gen = sub.add_parser("generate", help="a PNG grid of new images of one class "
+                         "(data/generator, data/tokenizer)")
     gen.add_argument("--class", dest="class_spec", required=True, metavar="NAME_OR_ID",
                      help="class name (data/prepared/classes.json) or number")
     gen.add_argument("-n", type=int, default=16, help="how many images (default 16, 8 a row)")
@@ -111,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     for s in (gen, rec):
         s.add_argument("--tokenizer", type=Path, help="tokenizer folder (default: data/tokenizer)")
         s.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    gen.add_argument("--gpt", type=Path, help="GPT folder (default: data/gpt)")
+    gen.add_argument("--gpt", type=Path, help="GPT folder (default: data/generator)")
     sub.add_parser("summary", help="the headline results, where the pictures are, what to run next")
     srv = sub.add_parser("serve", help="serve the scheduled retrain (a named `dvc exp run` per run)")
     srv.add_argument("--cron", default="0 3 * * 0", help='schedule (default: "0 3 * * 0", Sundays 03:00)')
@@ -134,13 +136,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         params = load_params(args.file, check_paths=not args.no_paths)
         params.check_launch(launch_world_size())  # both training stages, for this launch's processes
-        if not args.no_build:  # the rules only a built model knows (pipeline/buildcheck.py)
-            from pipeline.buildcheck import check_models
+        if not args.no_build:  # the rules only a built model knows (pipeline/commands/check.py)
+            from pipeline.commands.check import check_models
 
             check_models(params, machine=not args.no_paths)
         print(f"{args.file}: ok")
     elif args.command == "deps":
-        from pipeline import deps
+        from pipeline.commands import deps
 
         return deps.cli(Path(args.root), check=args.check, rewrite=args.write)
     elif args.command == "compare":
@@ -156,7 +158,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print(f"wrote {rar_vs_raster(args.root, args.gpt, args.rar, run_first=args.run)}")
     elif args.command == "import-weights":
-        from pipeline.import_weights import run
+        from pipeline.commands.import_weights import run
 
         for line in run(args.root, args.params, args.tokenizer, args.gpt, args.n_tokens,
                         args.backbone_weights, args.weights):

@@ -15,8 +15,8 @@ import logging
 import os
 import re
 
-from vfmtok.pretrained import ConfigMismatch
-from vfmtok.typed import ConfigError
+from vfmtok.config_schema import ConfigError
+from vfmtok.model_folder import ConfigMismatch
 
 DEBUG_ENV = "VFMTOK_DEBUG"
 

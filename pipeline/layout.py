@@ -42,15 +42,16 @@ class Layout:
         return self.data / "tokens"
 
     @property
-    def gpt(self) -> Path:
-        return self.data / "gpt"
+    def generator(self) -> Path:
+        """The trained generator's model folder: a raster GPT or a RAR (its ``config.json`` says which)."""
+        return self.data / "generator"
 
     @property
     def samples(self) -> Path:
         return self.data / "samples"
 
     def checkpoints(self, model: str) -> Path:
-        """``data/checkpoints/<model>`` (tokenizer, gpt), for resume: git-ignored and deliberately not
+        """``data/checkpoints/<model>`` (tokenizer, generator), for resume: git-ignored and deliberately not
         a DVC output, so DVC never deletes them and a clone or ``dvc pull`` without them is current."""
         return self.data / "checkpoints" / model
 

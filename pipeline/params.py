@@ -29,7 +29,7 @@ from vfmtok.config import (
     generator_config,
     generator_family,
 )
-from vfmtok.typed import NEUTRAL, ConfigError, config_error, from_dict, mark_alias, mark_file
+from vfmtok.config_schema import NEUTRAL, ConfigError, config_error, from_dict, mark_alias, mark_file
 
 PROFILES_DIR = "params"
 # yaml.safe_load's rules, parsed by libyaml where PyYAML has it (10x faster than the pure Python
@@ -129,7 +129,7 @@ class TrainARParams(ARTrainConfig):
 
     val_rows: int = field(default=0, metadata={"min": 0})  # val rows per val-loss pass; 0 = all
     report_thresholds: list[float] = field(default_factory=list)  # steps to reach these val losses
-    # The sample-quality checks every quality_every steps (pipeline/sample_quality.py): this many
+    # The sample-quality checks every quality_every steps (pipeline/evaluation/sample_quality.py): this many
     # samples per class, the judge's classifier fit on up to quality_probe_train train images.
     quality_per_class: int = field(default=10, metadata={"min": 1})
     quality_probe_train: int = field(default=2000, metadata={"min": 0})
@@ -151,7 +151,7 @@ class SampleParams:
     top_p: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0})
     cfg_scale: float = field(default=1.0, metadata={"min": 0.0})
     # 0: constant cfg_scale; p > 0: RAR's ramp from 1 at the first token to cfg_scale at the last,
-    # 1 + (s - 1) * (1 - cos(pi * (t / N) ** p)) / 2 (vfmtok.generate; RAR-L published: s 15.5, p 2.5)
+    # 1 + (s - 1) * (1 - cos(pi * (t / N) ** p)) / 2 (vfmtok.sampling; RAR-L published: s 15.5, p 2.5)
     cfg_power: float = field(default=0.0, metadata={"min": 0.0})
     seed: int = 0  # sample i draws from its own seed, derived from (seed, i), whatever its batch
     speed_batch: int = field(default=8, metadata={"min": 1})  # batch for the KV-cache speed test
@@ -159,7 +159,7 @@ class SampleParams:
     device: Device = field(default="auto", metadata=NEUTRAL)
 
     def validate(self) -> None:
-        if self.top_p <= 0:  # vfmtok.generate.sample_logits: an empty nucleus samples nothing
+        if self.top_p <= 0:  # vfmtok.sampling.sample_logits: an empty nucleus samples nothing
             raise ConfigError("top_p", self.top_p, "must be > 0 (the nucleus mass; 1.0 = off)")
 
 
@@ -291,7 +291,7 @@ def _fill_derived(data: dict) -> None:
 
 def _mark_origins(params: Params, path: Path) -> None:
     """Let a model builder's error name the file and the key the user sets: ``prepare.resolution``
-    for the image sizes derived from it (``vfmtok.typed.config_error``)."""
+    for the image sizes derived from it (``vfmtok.config_schema.config_error``)."""
     for (section, key), (src_section, src_key) in DERIVED.items():
         mark_alias(getattr(params, section), key, f"{src_section}.{src_key}")
     mark_file(params, path)

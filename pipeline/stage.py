@@ -2,7 +2,7 @@
 calls; ``vfmtok-pipeline NAME`` is the same).
 
 This entry imports only the stage's own module, so a stage process loads exactly the code listed
-as its ``deps`` in ``dvc.yaml`` (``pipeline/deps.py`` checks that). A user error prints one
+as its ``deps`` in ``dvc.yaml`` (``pipeline/commands/deps.py`` checks that). A user error prints one
 ``error:`` line and exits with 2; ``--debug`` (or ``VFMTOK_DEBUG=1``) shows the traceback.
 """
 
@@ -13,8 +13,9 @@ import os
 import sys
 from collections.abc import Callable
 
-from pipeline import errors, prefect_env
-from pipeline.lazy_prefect import folded
+from pipeline import errors
+from pipeline.orchestration import prefect_env
+from pipeline.orchestration.lazy_prefect import folded
 
 STAGES = ["list_source", "prepare", "extract_features", "train_tokenizer", "tokenize", "train_ar", "sample",
           "evaluate"]
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 def exit_process(code: int) -> None:
     """Exit; a folded stage skips the interpreter's teardown.
 
-    A folded stage (``pipeline/lazy_prefect.py``) has written everything it makes by now (atomic
+    A folded stage (``pipeline/orchestration/lazy_prefect.py``) has written everything it makes by now (atomic
     writes, DVCLive ended, no Prefect workers to drain), so tearing down torch and its tensors
     (~1.2 s a process on 2 cores, paid before DVC can commit the outputs) is skipped. Alone, as a
     Prefect flow, the normal exit lets Prefect ship its last log records.

@@ -8,7 +8,7 @@ by the pure-PyTorch reference the public code ships for testing), the public tok
 published config and a small LlamaGen-style GPT, perturbs every weight (so no zero or identity
 init hides a wrong mapping), and runs them on random inputs: the tokenizer from given DINOv2
 levels to its anchor features, code indices and decoded image; the GPT to its logits. This
-process imports those weights through ``vfmtok.public_weights`` and runs ours on the same
+process imports those weights through ``vfmtok.released_weights`` and runs ours on the same
 inputs. It prints the largest differences and exits non-zero above the tolerances. The two
 repositories share the package name ``vfmtok``, hence the two processes.
 """
@@ -94,7 +94,7 @@ def public_reference(repo: Path, out: Path) -> None:
 def ours(ref: dict) -> dict[str, float]:
     from types import SimpleNamespace
 
-    from vfmtok import public_weights as pw
+    from vfmtok import released_weights as pw
     from vfmtok.config import GPTConfig
     from vfmtok.gpt import GPT
     from vfmtok.tokenizer import build_tokenizer

@@ -6,7 +6,7 @@
     python scripts/record_public_params.py --vfmtok /tmp/VFMTok --llamagen /tmp/LlamaGen
 
 writes ``tests/fixtures/public_params.json``, which ``tests/test_import_weights.py`` checks
-``vfmtok.public_weights`` against. Nothing of the public code is copied: each model is built by
+``vfmtok.released_weights`` against. Nothing of the public code is copied: each model is built by
 the public code itself, at its published config, on the meta device (no memory, no weights), and
 only its ``state_dict()`` names and shapes are written, with the commit they come from. The
 tokenizer's frozen DINOv2 is replaced by an empty module: its keys are not in the released

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import prefect_env
+from pipeline.orchestration import prefect_env
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 # Several torch processes share 2 cores in some tests (torchrun, dvc subprocesses, a Prefect

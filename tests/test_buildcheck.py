@@ -8,8 +8,8 @@ import pytest
 import torch
 import yaml
 
-from pipeline.buildcheck import build_models, check_models
 from pipeline.cli import main
+from pipeline.commands.check import build_models, check_models
 from pipeline.params import load_params, profile_path
 from tests.conftest import FASHION_MNIST, REPO
 

@@ -3,7 +3,7 @@
 Every profile in ``params/`` and a few hundred seeded random edits of them (one to three fields at
 a time, to plausible values: small integers, divisors and non-divisors, other choices and zoo
 names, other taps and levels, another launch size) go through ``check`` (``load_params``, then
-``pipeline.buildcheck.check_models``) and through the models the stages build from them, the way
+``pipeline.commands.check.check_models``) and through the models the stages build from them, the way
 the stages build them (:func:`stage_models`: on the CPU with one tiny forward where that is cheap,
 on the meta device otherwise). A stage that fails where check passed is a hole in check; a stage
 that fails with anything but a ``ConfigError`` where check failed would print a traceback
@@ -22,16 +22,16 @@ import pytest
 import torch
 import yaml
 
-from pipeline.buildcheck import check_models
+from pipeline.commands.check import check_models
 from pipeline.params import Params, load_params
 from tests.conftest import REPO
-from vfmtok import distributed, generators
+from vfmtok import distributed, zoo
 from vfmtok.backbones import build_backbone
 from vfmtok.config import BackboneConfig
-from vfmtok.generate import generate, sample_logits, sample_seeds
+from vfmtok.config_schema import ConfigError, to_dict
 from vfmtok.losses import TokenizerLoss
+from vfmtok.sampling import generate, sample_logits, sample_seeds
 from vfmtok.tokenizer import build_tokenizer
-from vfmtok.typed import ConfigError, to_dict
 
 PROFILES = sorted(p.stem for p in (REPO / "params").glob("*.yaml"))
 N_EDITS, SEED = 200, 20240607
@@ -170,7 +170,7 @@ def _once(key: tuple, build):
 def stage_models(params: Params, world: int) -> None:
     """What each stage builds from ``params`` under a launch of ``world`` processes (see the
     stage modules), and on the CPU one tiny step of each where it is cheap."""
-    distributed.per_rank_batch(params.train_tokenizer.batch_size, world)  # vfmtok.train_tokenizer
+    distributed.per_rank_batch(params.train_tokenizer.batch_size, world)  # vfmtok.tokenizer_training
     distributed.per_rank_batch(params.train_ar.batch_size, world)  # pipeline/stages/train_ar.py
     dev = torch.device("cpu" if small(params) else "meta")
     t, vfm = params.tokenizer, params.tokenizer.kind == "vfmtok"
@@ -186,9 +186,9 @@ def stage_models(params: Params, world: int) -> None:
                  lambda: on(TokenizerLoss, params.train_tokenizer.loss, backbone))
     gen_cfg = params.ar_model.model_config(t.codebook_size, t.n_tokens, 10)
     generator = _once((dev, type(gen_cfg).__name__, to_dict(gen_cfg)),
-                      lambda: on(generators.build_generator, gen_cfg))
+                      lambda: on(zoo.build_generator, gen_cfg))
     judge = _once((dev, to_dict(params.judge)), lambda: on(build_backbone, params.judge))
-    s = params.sample  # vfmtok.generate.sample_logits with the sample stage's settings
+    s = params.sample  # vfmtok.sampling.sample_logits with the sample stage's settings
     sample_logits(torch.randn(2, 7), s.temperature, s.top_k, s.top_p)
     if dev.type == "cpu":
         _one_step(params, world, backbone, tokenizer, loss, generator, judge)
@@ -211,7 +211,7 @@ def _one_step(params: Params, world: int, backbone, tokenizer, loss, generator, 
     tokenizer.decode(ids)
     n, vocab = generator.config.n_tokens, generator.config.vocab_size
     tokens, labels = torch.randint(0, vocab, (2, n)), torch.zeros(2, dtype=torch.long)
-    step = generators.training_step(generator, params.train_ar)
+    step = zoo.training_step(generator, params.train_ar)
     generator.train()
     step(generator, tokens, labels, 0) if step else generator(tokens, labels, targets=tokens)
     s = params.sample
@@ -256,8 +256,8 @@ def outcome(tmp_path: Path, data: dict, world: int, monkeypatch) -> tuple[str, s
 
 @pytest.fixture
 def check_builds_once(monkeypatch):
-    """check's builders (``pipeline.buildcheck``'s names for them) behind :func:`_once`."""
-    from pipeline import buildcheck
+    """check's builders (``pipeline.commands.check``'s names for them) behind :func:`_once`."""
+    from pipeline.commands import check as buildcheck
 
     real = {name: getattr(buildcheck, name)
             for name in ("build_backbone", "build_tokenizer", "TokenizerLoss", "build_generator")}

@@ -27,7 +27,7 @@ CLASSES = [{"label": i, "key": k, "name": n} for i, (k, n) in enumerate(
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    """A project folder with data/tokenizer (a tiny 32 px vqgan: no backbone), data/gpt and classes."""
+    """A project folder with data/tokenizer (a tiny 32 px vqgan: no backbone), data/generator and classes."""
     root = tmp_path_factory.mktemp("models")
     layout = Layout(root)
     torch.manual_seed(0)
@@ -36,7 +36,7 @@ def root(tmp_path_factory):
     gpt = build_gpt("GPT-Tiny", vocab_size=tok.codebook_size, n_tokens=tok.n_tokens, num_classes=len(CLASSES),
                     class_dropout=0.1, token_dropout=0.0, resid_dropout=0.0, attn_dropout=0.0)
     torch.nn.init.normal_(gpt.output.weight, std=0.5)  # far from uniform: seeds matter
-    gpt.save_pretrained(layout.gpt, name="GPT-Tiny")
+    gpt.save_pretrained(layout.generator, name="GPT-Tiny")
     files.write_json(layout.prepared / prepared.CLASSES, CLASSES)
     return root
 

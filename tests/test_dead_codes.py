@@ -14,7 +14,7 @@ from vfmtok.losses import TokenizerLoss
 from vfmtok.metrics import codebook_usage
 from vfmtok.quantizer import VectorQuantizer
 from vfmtok.tokenizer import build_tokenizer
-from vfmtok.train_tokenizer import train_tokenizer
+from vfmtok.tokenizer_training import train_tokenizer
 
 
 def test_unused_rows_are_reseeded_from_the_inputs_at_check_steps_only():

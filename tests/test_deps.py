@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import yaml
 
-from pipeline import deps
+from pipeline.commands import deps
 from pipeline.layout import Layout
 from pipeline.stage import STAGES
 from tests.conftest import REPO
@@ -55,8 +55,8 @@ def test_dvc_outputs_are_layout_paths():
     layout = Layout(REPO)
     spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     known = {layout.source_listing, layout.prepared, layout.features, layout.tokenizer, layout.tokens,
-             layout.gpt, layout.samples,
-             layout.checkpoints("tokenizer"), layout.checkpoints("gpt"), layout.sample_grids,
+             layout.generator, layout.samples,
+             layout.checkpoints("tokenizer"), layout.checkpoints("generator"), layout.sample_grids,
              layout.picture("tokenizer_recon"), layout.picture("samples"), layout.picture("error_map"),
              *(layout.metrics_table(s) for s in ("json", "md", "csv")),
              *(layout.report(s) for s in spec), *(layout.live(s) / "plots" / "metrics" for s in spec)}

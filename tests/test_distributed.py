@@ -20,16 +20,16 @@ import pytest
 import torch
 
 from pipeline.formats.tokens import TokenFile
-from pipeline.token_stream import TokenStream
+from pipeline.training_inputs.token_stream import TokenStream
 from tests.helpers import CachedImages, tiny_tokenizer_config, write_token_file
 from vfmtok import distributed as D
 from vfmtok.backbones import build_backbone
 from vfmtok.config import ARTrainConfig, BackboneConfig, LossConfig, TokenizerTrainConfig
+from vfmtok.generator_training import train_ar
 from vfmtok.gpt import build_gpt
 from vfmtok.losses import TokenizerLoss
 from vfmtok.tokenizer import build_tokenizer
-from vfmtok.train_ar import train_ar
-from vfmtok.train_tokenizer import train_tokenizer
+from vfmtok.tokenizer_training import train_tokenizer
 from vfmtok.training import CHECKPOINT_NAME, load_checkpoint
 
 CPU = torch.device("cpu")

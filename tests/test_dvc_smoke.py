@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.lazy_prefect import FOLD_ENV
+from pipeline.orchestration.lazy_prefect import FOLD_ENV
 from tests.conftest import FASHION_MNIST
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,11 +115,11 @@ def test_a_run_pushed_to_a_remote_is_pulled_by_a_fresh_clone_without_running_a_s
     _run(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke results")
     _run(project, "dvc", "push")
     _run(tmp_path, "git", "clone", "-q", str(project), str(clone))
-    assert not (clone / "data" / "gpt").exists()
+    assert not (clone / "data" / "generator").exists()
     _run(clone, "dvc", "pull")
     assert json.loads(_run(clone, "dvc", "status", "--json")) == {}, "the pulled clone must be up to date"
     assert "Running stage" not in _run(clone, "dvc", "repro")
-    for folder in ("data/tokenizer", "data/gpt", "data/prepared"):
+    for folder in ("data/tokenizer", "data/generator", "data/prepared"):
         for f in (project / folder).rglob("*"):
             if f.is_file():
                 assert (clone / f.relative_to(project)).read_bytes() == f.read_bytes(), f
@@ -130,7 +130,7 @@ def test_a_run_pushed_to_a_remote_is_pulled_by_a_fresh_clone_without_running_a_s
     from vfmtok.gpt import GPT
     from vfmtok.tokenizer import Tokenizer
 
-    assert GPT.from_pretrained(clone / "data" / "gpt").config.num_classes == 10
+    assert GPT.from_pretrained(clone / "data" / "generator").config.num_classes == 10
     assert Tokenizer.from_pretrained(clone / "data" / "tokenizer").n_tokens == 16
     said = generate_grid(clone, "sandal", clone / "grid.png", Sampling(n=8, cfg_scale=2.0, seed=1))
     assert "8 samples of class 5 (Sandal), 32 px" in said and (clone / "grid.png").is_file()
@@ -144,7 +144,7 @@ def test_repro_then_up_to_date_then_selective_reruns(project, reproduced):
     for stage in STAGES:
         assert f"Running stage '{stage}'" in out
     for path in ("data/features/manifest.json", "data/tokenizer/model.safetensors",
-                 "data/tokens/train.parquet", "data/gpt/model.safetensors", "data/samples/samples.npz",
+                 "data/tokens/train.parquet", "data/generator/model.safetensors", "data/samples/samples.npz",
                  "reports/metrics.json", "reports/metrics.md", "reports/tokenizer_recon.png",
                  "reports/samples.png"):
         assert (project / path).is_file(), path
@@ -208,7 +208,7 @@ def test_one_param_switches_the_generator_to_rar(project):
     _set(project, "ar_model", "model", "RAR-Tiny")
     out = _run(project, "dvc", "repro", "sample", folded=True)
     assert "Running stage 'train_ar'" in out and "Running stage 'train_tokenizer'" not in out
-    meta = json.loads((project / "data" / "gpt" / "config.json").read_text())
+    meta = json.loads((project / "data" / "generator" / "config.json").read_text())
     assert meta["format"] == "vfmtok.rar" and meta["zoo_name"] == "RAR-Tiny"
     assert json.loads((project / "reports" / "sample.json").read_text())["generator"] == "RAR-Tiny"
     code = readme_example("generate") + "\nassert type(gpt).__name__ == 'RAR', gpt\n"

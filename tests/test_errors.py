@@ -85,7 +85,7 @@ def test_bad_token_file_names_the_row_before_training(tmp_path, capfd):
     rc = stage.main(["train_ar", "--root", str(root), "--params", str(root / "params.yaml")])
     line = _only_error_line(capfd.readouterr().err)
     assert rc == 2 and "train.parquet" in line and "row 13" in line
-    assert not (root / "data" / "gpt").exists() and not (root / "data" / "checkpoints").exists()
+    assert not (root / "data" / "generator").exists() and not (root / "data" / "checkpoints").exists()
 
 
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="dataset-fashion-mnist not installed")
@@ -98,15 +98,15 @@ def test_missing_model_folder_is_one_line(tmp_path, capfd):
 
 
 def test_a_generator_folder_of_the_other_family_or_size_is_refused(tmp_path):
-    """``data/gpt`` holds whichever family trained last: the sample stage loads it only when it is
+    """``data/generator`` holds whichever family trained last: the sample stage loads it only when it is
     the family and config that ``ar_model`` makes, and says which key differs when not."""
     from pipeline.layout import Layout
+    from pipeline.models.trained import load_generator
     from pipeline.params import load_params
-    from pipeline.trained import load_generator
-    from vfmtok import generators
-    from vfmtok.pretrained import ConfigMismatch
+    from vfmtok import zoo
+    from vfmtok.config_schema import ConfigError
+    from vfmtok.model_folder import ConfigMismatch
     from vfmtok.rar import RAR
-    from vfmtok.typed import ConfigError
 
     def params_with(model: str):
         params = yaml.safe_load(profile_path("smoke", REPO).read_text())
@@ -116,8 +116,8 @@ def test_a_generator_folder_of_the_other_family_or_size_is_refused(tmp_path):
 
     rar_params, layout = params_with("RAR-Tiny"), Layout(tmp_path)
     t = rar_params.tokenizer
-    model = generators.build_generator(rar_params.ar_model.model_config(t.codebook_size, t.n_tokens, 10))
-    model.save_pretrained(layout.gpt, name="RAR-Tiny")
+    model = zoo.build_generator(rar_params.ar_model.model_config(t.codebook_size, t.n_tokens, 10))
+    model.save_pretrained(layout.generator, name="RAR-Tiny")
     assert isinstance(load_generator(layout, rar_params, 10, "cpu"), RAR)
     with pytest.raises(ConfigError, match="format = 'vfmtok.rar': expected 'vfmtok.gpt'"):
         load_generator(layout, params_with("GPT-Tiny"), 10, "cpu")
@@ -145,7 +145,7 @@ def test_a_rule_of_a_built_model_stops_the_stage_with_the_line_of_check(tmp_path
     """Taps beyond a ViT's depth are known once the ViT is built: ``check`` builds it on the meta
     device, the stage for real, and both print the same line (exit 2: not retried)."""
     from pipeline.cli import main
-    from pipeline.lazy_prefect import FOLD_ENV
+    from pipeline.orchestration.lazy_prefect import FOLD_ENV
     from pipeline.stages.prepare import prepare_flow
 
     root = _project(tmp_path)

@@ -12,20 +12,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import evaluation
 from pipeline.errors import UserError
+from pipeline.evaluation import measures
 from pipeline.experiments import claims, compare, rar_vs_raster
+from pipeline.experiments.revisions import read_json
 from pipeline.experiments.runs import run_experiments, run_from
-from pipeline.revisions import read_json
 
 
 def test_balanced_subset_takes_classes_in_turn():
     labels = np.array([0, 0, 0, 1, 2, 2, 1, 0])
-    pick = evaluation.balanced_subset(labels, 5)
+    pick = measures.balanced_subset(labels, 5)
     assert pick.tolist() == [0, 1, 3, 4, 5]  # round 1: first of 0, 1, 2; round 2: second of 0, 2
-    assert np.bincount(labels[evaluation.balanced_subset(labels, 6)]).tolist() == [2, 2, 2]
-    assert evaluation.balanced_subset(labels, 0).tolist() == list(range(8))
-    assert evaluation.balanced_subset(labels, 50).tolist() == list(range(8))
+    assert np.bincount(labels[measures.balanced_subset(labels, 6)]).tolist() == [2, 2, 2]
+    assert measures.balanced_subset(labels, 0).tolist() == list(range(8))
+    assert measures.balanced_subset(labels, 50).tolist() == list(range(8))
 
 
 def test_compare_lists_changed_params_and_every_metric_with_its_delta(tmp_path, monkeypatch):

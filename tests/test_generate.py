@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from tests.helpers import assert_equal_to_fp32_rounding
-from vfmtok import generators
-from vfmtok.generate import cfg_scale_at, generate, sample_logits
+from vfmtok import zoo
+from vfmtok.sampling import cfg_scale_at, generate, sample_logits
 
 V, T, C = 64, 16, 10
 FAMILIES = ["GPT-Tiny", "RAR-Tiny"]
@@ -21,7 +21,7 @@ def make_model(name: str = "GPT-Tiny", **kw):
     """A tiny random model whose logits are far from uniform: the GPT's zero head re-initialised,
     every RAR weight randomised (its adaLN-zero init would leave the blocks as identities)."""
     torch.manual_seed(0)
-    model = generators.build(name, vocab_size=V, n_tokens=T, num_classes=C, class_dropout=0.1,
+    model = zoo.build(name, vocab_size=V, n_tokens=T, num_classes=C, class_dropout=0.1,
                              token_dropout=0.0, resid_dropout=0.0, attn_dropout=0.0, **kw)
     with torch.no_grad():
         for p in model.parameters() if name.startswith("RAR") else [model.output.weight]:

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from vfmtok.config import GPTConfig
+from vfmtok.config_schema import ConfigError, validate
 from vfmtok.gpt import GPT, GPT_MODELS, build_gpt, rope_2d_tables
 from vfmtok.training import num_params
 from vfmtok.transformer import ClassEmbedder, apply_rope
-from vfmtok.typed import ConfigError, validate
 
 NO_DROPOUT = dict(class_dropout=0.0, token_dropout=0.0, resid_dropout=0.0, attn_dropout=0.0)
 

@@ -12,17 +12,17 @@ from dataclasses import replace
 import pytest
 import torch
 
-from pipeline import import_weights
+from pipeline.commands import import_weights
 from pipeline.layout import Layout
+from pipeline.models.trained import load_generator, load_tokenizer
 from pipeline.params import load_params, profile_path
-from pipeline.trained import load_generator, load_tokenizer
 from tests.conftest import REPO
 from tests.helpers import tiny_tokenizer_config
-from vfmtok import public_weights as pw
+from vfmtok import released_weights as pw
 from vfmtok.config import BackboneConfig
+from vfmtok.config_schema import to_dict
 from vfmtok.gpt import GPT, rope_2d_tables
 from vfmtok.tokenizer import AnchorEncoderLayer, build_tokenizer
-from vfmtok.typed import to_dict
 
 FIXTURE = json.loads((REPO / "tests" / "fixtures" / "public_params.json").read_text())
 PUBLIC_TOKENIZER = {k: tuple(v) for k, v in FIXTURE["tokenizer"]["vfmtok"]["params"].items()}

@@ -34,7 +34,7 @@ def test_check_and_profile_import_neither_torch_nor_prefect(tmp_path):
 
 def test_a_stage_process_imports_only_what_it_uses():
     """``prepare`` needs neither torch nor timm (nor DVC), and a stage module imports Prefect only
-    when it runs as a Prefect flow (``pipeline/lazy_prefect.py``); the end-of-demo summary needs
+    when it runs as a Prefect flow (``pipeline/orchestration/lazy_prefect.py``); the end-of-demo summary needs
     none of it."""
     prepare = _modules_after("import pipeline.stage, pipeline.stages.prepare")
     unused = {"torch", "timm", "dvc", "prefect"}

@@ -21,14 +21,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import lazy_prefect
+from pipeline.experiments.revisions import flatten
 from pipeline.layout import Layout
-from pipeline.orchestration import dag, dvc_stages, flows, metrics_artifacts, promotion, relay, stage_process
+from pipeline.orchestration import (
+    dag,
+    dvc_stages,
+    flows,
+    lazy_prefect,
+    metrics_artifacts,
+    promotion,
+    relay,
+    stage_process,
+)
 from pipeline.params import PromoteParams
 from pipeline.reporting import stage_times
-from pipeline.revisions import flatten
 from tests.conftest import FASHION_MNIST
-from vfmtok.typed import ConfigError
+from vfmtok.config_schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -316,7 +324,7 @@ def test_relay_logs_each_line_once_and_cuts_bars_off_log_records():
 TINY_FLOW = """
 import sys
 import time
-from pipeline.lazy_prefect import flow, get_run_logger, task
+from pipeline.orchestration.lazy_prefect import flow, get_run_logger, task
 
 @task()
 def step():

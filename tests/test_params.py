@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from pipeline.params import Params, load_params, profile_path
-from vfmtok.typed import ConfigError
+from vfmtok.config_schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -205,18 +205,18 @@ def test_every_float_must_be_finite(tmp_path, capsys, key, is_list, value):
 @pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity"])
 def test_a_model_folder_config_json_must_be_finite_too(tmp_path, text):
     """config.json sections go through the same conversion (Python's json reads NaN/Infinity)."""
-    from vfmtok import pretrained
+    from vfmtok import model_folder
     from vfmtok.config import GPTConfig
 
     meta = json.loads('{"gpt": {"ffn_dim_multiplier": TEXT, "norm_eps": 1e-5}}'.replace("TEXT", text))
     with pytest.raises(ConfigError, match="must be a finite number") as info:
-        pretrained.section(meta, "gpt", GPTConfig, tmp_path)
+        model_folder.section(meta, "gpt", GPTConfig, tmp_path)
     assert info.value.key == "gpt.ffn_dim_multiplier" and str(tmp_path / "config.json") in str(info.value)
 
 
 def test_python_built_configs_must_be_finite_too():
     from vfmtok.config import TokenizerConfig
-    from vfmtok.typed import validate
+    from vfmtok.config_schema import validate
 
     cfg = TokenizerConfig(kind="vqgan", image_size=64, n_tokens=64, pixel_grid=4, beta=math.nan)
     with pytest.raises(ConfigError, match="must be a finite number") as info:
@@ -280,8 +280,8 @@ def test_global_batches_must_split_over_the_launch(tmp_path, monkeypatch, world,
 
 
 def test_a_config_remembers_its_key_and_file(tmp_path):
-    """What lets a model builder's error name the key as the user writes it (vfmtok.typed)."""
-    from vfmtok.typed import config_error, key_of, replace
+    """What lets a model builder's error name the key as the user writes it (vfmtok.config_schema)."""
+    from vfmtok.config_schema import config_error, key_of, replace
 
     path = _write(tmp_path, lambda d: None)
     p = load_params(path, check_paths=False)

@@ -22,8 +22,8 @@ from pipeline.stages.list_source import list_source_flow
 from pipeline.stages.prepare import prepare_flow
 from tests.imagenet_trees import WNIDS, class_folder_tree, devkit_tree, kaggle_tree
 from vfmtok import files
+from vfmtok.config_schema import ConfigError
 from vfmtok.metrics import batch_psnr
-from vfmtok.typed import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

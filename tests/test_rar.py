@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from tests.helpers import assert_equal_to_fp32_rounding
-from vfmtok import generators, pretrained
+from vfmtok import model_folder, zoo
 from vfmtok.config import ARTrainConfig, RARConfig, generator_config, generator_family
+from vfmtok.config_schema import ConfigError, validate
 from vfmtok.gpt import build_gpt
 from vfmtok.rar import RAR, RAR_MODELS, annealed_step, build_rar, random_ratio, sample_orders
 from vfmtok.training import num_params
-from vfmtok.typed import ConfigError, validate
 
 V, T, C = 64, 16, 10
 NO_DROPOUT = dict(class_dropout=0.0, token_dropout=0.0, resid_dropout=0.0, attn_dropout=0.0)
@@ -56,7 +56,7 @@ def test_zoo_registry_and_family_lookup():
     cfg = generator_config("RAR-L", vocab_size=16384)
     assert isinstance(cfg, RARConfig)
     assert (cfg.n_layer, cfg.dim, cfg.mlp_dim, cfg.vocab_size) == (24, 1024, 4096, 16384)
-    assert isinstance(generators.build("GPT-Tiny", vocab_size=V, n_tokens=T, num_classes=C), torch.nn.Module)
+    assert isinstance(zoo.build("GPT-Tiny", vocab_size=V, n_tokens=T, num_classes=C), torch.nn.Module)
     with pytest.raises(ConfigError, match="must divide dim"):
         validate(RARConfig(dim=100, n_head=16))
     with pytest.raises(ConfigError, match="randomness_anneal_end"):
@@ -193,13 +193,13 @@ def test_adaln_zero_init_blocks_start_as_identity_and_training_learns():
 def test_save_pretrained_rebuilds_from_the_folder_alone(tmp_path):
     model = make_rar(attn_dropout=0.1)
     model.save_pretrained(tmp_path / "rar", name="RAR-Tiny")
-    loaded = generators.from_pretrained(tmp_path / "rar")
+    loaded = zoo.from_pretrained(tmp_path / "rar")
     assert isinstance(loaded, RAR) and loaded.config == model.config and not loaded.training
     idx, labels = torch.randint(0, V, (2, T)), torch.tensor([1, 3])
     torch.testing.assert_close(loaded(idx, labels)[0], model(idx, labels)[0])
     build_gpt("GPT-Tiny", vocab_size=V, n_tokens=T, num_classes=C).save_pretrained(tmp_path / "gpt")
-    assert type(generators.from_pretrained(tmp_path / "gpt")).__name__ == "GPT"
+    assert type(zoo.from_pretrained(tmp_path / "gpt")).__name__ == "GPT"
     with pytest.raises(ConfigError, match="expected 'vfmtok.rar'"):
         RAR.from_pretrained(tmp_path / "gpt")
-    with pytest.raises(pretrained.ModelFolderError, match="not found"):
-        generators.from_pretrained(tmp_path / "missing")
+    with pytest.raises(model_folder.ModelFolderError, match="not found"):
+        zoo.from_pretrained(tmp_path / "missing")

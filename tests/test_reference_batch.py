@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import evaluation
 from pipeline.errors import FormatError
+from pipeline.evaluation import measures
 from pipeline.formats import reference_batch
 from pipeline.layout import Layout
 from tests.helpers import smooth_uint8
@@ -21,7 +21,7 @@ def extractor(tmp_path_factory):
     return inception.InceptionFeatures(tmp_path_factory.mktemp("inception"))
 
 
-def _gfid(ref: evaluation.Reference, feats: np.ndarray) -> float:
+def _gfid(ref: measures.Reference, feats: np.ndarray) -> float:
     return fd.frechet_distance(ref.mu, ref.sigma, *fd.feature_stats(feats))
 
 
@@ -31,19 +31,19 @@ def test_fid_against_a_reference_npz_equals_fid_against_its_images(tmp_path, ext
     samples = smooth_uint8(24, 32, seed=2)
     val_feats = extractor.features(val)
     sample_feats = extractor.features(samples)
-    direct = evaluation.reference(extractor, "", 0, val_feats, layout)
+    direct = measures.reference(extractor, "", 0, val_feats, layout)
     reference_batch.write(tmp_path / "images.npz", images=val)
-    via_images = evaluation.reference(extractor, str(tmp_path / "images.npz"), 0, val_feats, layout)
+    via_images = measures.reference(extractor, str(tmp_path / "images.npz"), 0, val_feats, layout)
     mu, sigma = fd.feature_stats(val_feats)
     reference_batch.write(tmp_path / "stats.npz", mu=mu, sigma=sigma)
-    via_stats = evaluation.reference(extractor, str(tmp_path / "stats.npz"), 0, val_feats, layout)
+    via_stats = measures.reference(extractor, str(tmp_path / "stats.npz"), 0, val_feats, layout)
     expected = fd.fid_from_features(val_feats, sample_feats)
     for ref in (direct, via_images, via_stats):
         assert _gfid(ref, sample_feats) == pytest.approx(expected, rel=1e-6)  # two sqrtm routes
     assert via_images.features is not None and via_stats.features is None  # KID/PR need images
     # A batch at another size is resized to the evaluation resolution first.
     reference_batch.write(tmp_path / "big.npz", images=resize_uint8(val, 64))
-    big = evaluation.reference(extractor, str(tmp_path / "big.npz"), 32, val_feats, layout)
+    big = measures.reference(extractor, str(tmp_path / "big.npz"), 32, val_feats, layout)
     assert big.features.shape == (24, 2048) and _gfid(big, sample_feats) == pytest.approx(expected, rel=0.2)
 
 

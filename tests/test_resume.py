@@ -7,16 +7,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.token_stream import TokenStream
+from pipeline.training_inputs.token_stream import TokenStream
 from tests.helpers import CachedImages, tiny_tokenizer_config, write_token_file
 from vfmtok.backbones import build_backbone
 from vfmtok.config import ARTrainConfig, BackboneConfig, LossConfig, TokenizerTrainConfig
+from vfmtok.generator_training import train_ar
 from vfmtok.gpt import build_gpt
 from vfmtok.losses import TokenizerLoss
 from vfmtok.rar import annealed_step, build_rar
 from vfmtok.tokenizer import build_tokenizer
-from vfmtok.train_ar import train_ar
-from vfmtok.train_tokenizer import train_tokenizer
+from vfmtok.tokenizer_training import train_tokenizer
 from vfmtok.training import CHECKPOINT_NAME, StepSampler, load_checkpoint
 
 
@@ -132,8 +132,8 @@ def test_step_sampler_is_stateless_and_covers_epochs():
 
 def test_learning_rate_schedules():
     from vfmtok.config import TrainLoopConfig
+    from vfmtok.config_schema import ConfigError, validate
     from vfmtok.training import learning_rate
-    from vfmtok.typed import ConfigError, validate
 
     const = TrainLoopConfig(steps=100, batch_size=1, lr=1e-3, warmup_steps=10)
     assert learning_rate(0, const) == pytest.approx(1e-4) and learning_rate(9, const) == pytest.approx(1e-3)

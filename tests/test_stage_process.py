@@ -23,10 +23,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import lazy_prefect
 from pipeline.layout import Layout
-from pipeline.lazy_prefect import FOLD_ENV
-from pipeline.orchestration import run_api
+from pipeline.orchestration import lazy_prefect, run_api
+from pipeline.orchestration.lazy_prefect import FOLD_ENV
 from pipeline.params import profile_path
 from tests.conftest import FASHION_MNIST, REPO
 from vfmtok.training import CHECKPOINT_NAME, load_checkpoint

@@ -95,4 +95,4 @@ def test_retried_gpt_task_equals_uninterrupted(tokenized, tmp_path, monkeypatch)
     calls = _fail_once_at(monkeypatch, train_ar, step_to_fail=1)
     train_ar.train_ar_flow(params_file=str(root / "params.yaml"), root=str(root))
     assert calls == [1]
-    _assert_same(_weights(Layout(root).gpt), _weights(Layout(clean).gpt))
+    _assert_same(_weights(Layout(root).generator), _weights(Layout(clean).generator))

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from tests.helpers import demo_tokenizer_config, smooth_images
 from vfmtok.backbones import build_backbone
 from vfmtok.config import BackboneConfig, TokenizerConfig
-from vfmtok.pretrained import ConfigMismatch, require_same
+from vfmtok.config_schema import ConfigError, to_dict, validate
+from vfmtok.model_folder import ConfigMismatch, require_same
 from vfmtok.tokenizer import Tokenizer, build_tokenizer
 from vfmtok.training import num_params
-from vfmtok.typed import ConfigError, to_dict, validate
 
 
 def demo_config(kind: str = "vfmtok", **overrides) -> TokenizerConfig:

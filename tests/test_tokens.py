@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipeline.formats.tokens import TokenFile, TokenFileError, TokenWriter
-from pipeline.token_stream import TokenStream, iter_batches
+from pipeline.training_inputs.token_stream import TokenStream, iter_batches
 from tests.helpers import random_tokens, write_token_file
 
 

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vfmtok.config import BackboneConfig
-from vfmtok.typed import ConfigError, config_error, validate
-from vfmtok.weights import read_state_dict
+from vfmtok.config_schema import ConfigError, config_error, validate
+from vfmtok.local_weights import read_state_dict
 
 _VIT_PREFIXES_THAT_FETCH = ("hf-hub:", "hf_hub:", "local-dir:")
 _TIMM_BUILDER_LOGGER = "timm.models._builder"

@@ -3,7 +3,7 @@
 Each dataclass is declared once: models are built from it, checkpoints and ``config.json`` files
 store it, and the pipeline's ``params.yaml`` sections *are* these classes (``pipeline/params.py``
 adds only what the pipeline itself needs). Rules that relate several fields live in each class's
-``validate()`` and raise :class:`~vfmtok.typed.ConfigError` naming the key; ranges are field
+``validate()`` and raise :class:`~vfmtok.config_schema.ConfigError` naming the key; ranges are field
 metadata; ``NEUTRAL`` marks fields that change where a run executes, not what it computes.
 Importing this module imports no torch, so a params file validates in milliseconds.
 """
@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from vfmtok.typed import NEUTRAL, ConfigError, config_error
+from vfmtok.config_schema import NEUTRAL, ConfigError, config_error
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -114,7 +114,7 @@ class TokenizerConfig:
     # steps (the pre-quant vectors share one large component that the first updates amplify).
     quant_batchnorm: bool = True
     # Two switches that make this model compute exactly what the public VFMTok code computes, so
-    # its released weights can be imported (vfmtok.public_weights); the defaults are this project's.
+    # its released weights can be imported (vfmtok.released_weights); the defaults are this project's.
     # The anchor encoder's causal self-attention adds the query positions to its values as well
     # (the public code does; DETR adds them to queries and keys only).
     enc_pos_on_values: bool = False
@@ -215,7 +215,7 @@ class TrainLoopConfig:
 
 @dataclass(kw_only=True)
 class TokenizerTrainConfig(TrainLoopConfig):
-    """The tokenizer's optimisation (``vfmtok.train_tokenizer``)."""
+    """The tokenizer's optimisation (``vfmtok.tokenizer_training``)."""
 
     ema_decay: float = field(default=0.999, metadata=_range(0.0, 1.0))
     augment: bool = False  # flip + random crop; then features come from the backbone, not the cache
@@ -257,7 +257,7 @@ class GPTConfig(GPTRegularization):
     init_std: float = field(default=0.02, metadata=_range(0.0))
     # What 2D RoPE does to the class token: "identity" leaves it unrotated; "zero" zeroes its query
     # and key, as LlamaGen's table (zero rows for the class token) does: the released LlamaGen and
-    # VFMTok GPTs were trained that way (vfmtok.public_weights imports them with "zero").
+    # VFMTok GPTs were trained that way (vfmtok.released_weights imports them with "zero").
     cls_rope: Literal["identity", "zero"] = "identity"
 
     @property
@@ -358,7 +358,7 @@ def generator_config(name: str, **fields) -> GPTConfig | RARConfig:
 
 @dataclass(kw_only=True)
 class ARTrainConfig(TrainLoopConfig):
-    """The generator's optimisation (``vfmtok.train_ar``)."""
+    """The generator's optimisation (``vfmtok.generator_training``)."""
 
     weight_decay: float = field(default=0.05, metadata=_range(0.0))
     val_every: int = field(default=50, metadata=_range(1))

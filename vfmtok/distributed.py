@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from vfmtok.runtime import pick_device
+from vfmtok.device import pick_device
 from vfmtok.training import rng_state, set_rng_state
 
 Parallel = Literal["auto", "ddp", "fsdp"]
@@ -46,7 +46,7 @@ FSDP_MIN_PARAMS = 700_000_000  # "auto" shards GPT-XL (775M) and larger; DDP bel
 def init_from_env(device: str = "auto", timeout_s: float = 1800.0) -> torch.device:
     """Join the process group that torchrun's environment describes; return this rank's device.
 
-    ``device`` as in :func:`vfmtok.runtime.pick_device`. Under torchrun with CUDA each rank takes
+    ``device`` as in :func:`vfmtok.device.pick_device`. Under torchrun with CUDA each rank takes
     GPU ``LOCAL_RANK`` (made the current device, so plain "cuda" means it too) and NCCL; on CPU,
     gloo. Without torchrun (``WORLD_SIZE`` unset or 1) this only picks the device.
     """

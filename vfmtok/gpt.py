@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vfmtok.config import GPT_SIZES, GPTConfig
+from vfmtok.config_schema import validate
 from vfmtok.transformer import Attention, ClassEmbedder, Generator, embed_step
-from vfmtok.typed import validate
 
 
 # ---------------------------------------------------------------------------------------------

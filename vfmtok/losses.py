@@ -25,9 +25,9 @@ from torch import Tensor, nn
 
 from vfmtok.backbones import FrozenBackbone
 from vfmtok.config import LossConfig
+from vfmtok.config_schema import config_error, validate
 from vfmtok.discriminator import Discriminator, hinge_d_loss, hinge_g_loss, non_saturating_g_loss
 from vfmtok.lpips import LPIPS
-from vfmtok.typed import config_error, validate
 
 
 def feature_loss(pred_levels: list[Tensor], target_levels: list[Tensor]) -> Tensor:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from vfmtok.weights import read_state_dict
+from vfmtok.local_weights import read_state_dict
 
 # Indices in torchvision's vgg16().features of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3.
 VGG_TAPS: tuple[int, ...] = (3, 8, 15, 22, 29)
@@ -29,7 +29,7 @@ _NORM_EPS = 1e-10  # as the lpips package: x / (||x|| + eps)
 
 
 def read_weights(path: str, what: str) -> dict[str, Tensor]:
-    """A local .safetensors or torch state dict (see :func:`vfmtok.weights.read_state_dict`)."""
+    """A local .safetensors or torch state dict (see :func:`vfmtok.local_weights.read_state_dict`)."""
     return read_state_dict(path, what)
 
 

@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vfmtok.config import RAR_SIZES, RARConfig
+from vfmtok.config_schema import validate
 from vfmtok.transformer import Attention, ClassEmbedder, Generator, embed_step
-from vfmtok.typed import validate
 
 
 def random_ratio(step: int, start: int, end: int) -> float:
@@ -239,7 +239,7 @@ class RAR(Generator):
 # Training in annealed random orders
 # ---------------------------------------------------------------------------------------------
 def annealed_step(start: int, end: int) -> Callable[[nn.Module, Tensor, Tensor, int], Tensor]:
-    """A ``step_fn`` for :func:`vfmtok.train_ar.train_ar`: the loss of step ``step`` with each row
+    """A ``step_fn`` for :func:`vfmtok.generator_training.train_ar`: the loss of step ``step`` with each row
     in a random order with probability :func:`random_ratio` (drawn from torch's RNG, which the
     checkpoints restore, so a resumed run draws the same orders)."""
 

@@ -24,13 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vfmtok import pretrained
+from vfmtok import model_folder
 from vfmtok.backbones import build_backbone
 from vfmtok.config import BackboneConfig, TokenizerConfig
+from vfmtok.config_schema import config_error, to_dict, validate
 from vfmtok.decoder import ConvDecoder, SelfAttention, ViTDecoder
 from vfmtok.deform_attn import MSDeformAttn
 from vfmtok.quantizer import QuantizerStats, VectorQuantizer
-from vfmtok.typed import config_error, to_dict, validate
 from vfmtok.vqgan_encoder import VQGANEncoder
 
 ANCHOR_GAIN = 0.1  # initial LayerNorm gain of the anchor queries (see AnchorEncoder)
@@ -233,7 +233,7 @@ class Tokenizer(nn.Module):
         backbone's) and the tokenizer and backbone configs; returns the weights' sha256."""
         bb = self.backbone_config
         sections = {"tokenizer": to_dict(self.cfg), "backbone": None if bb is None else to_dict(bb)}
-        return pretrained.save_folder(folder, "tokenizer", self.state_dict(), sections)
+        return model_folder.save_folder(folder, "tokenizer", self.state_dict(), sections)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu",
@@ -244,15 +244,15 @@ class Tokenizer(nn.Module):
         local file it names; ``backbone_weights`` points elsewhere on this machine), unless an
         already built ``backbone`` of the same config is passed.
         """
-        meta = pretrained.read_config(folder, "tokenizer")
-        cfg = pretrained.section(meta, "tokenizer", TokenizerConfig, folder)
+        meta = model_folder.read_config(folder, "tokenizer")
+        cfg = model_folder.section(meta, "tokenizer", TokenizerConfig, folder)
         if cfg.kind == "vfmtok" and backbone is None:
-            bb_cfg = pretrained.section(meta, "backbone", BackboneConfig, folder)
+            bb_cfg = model_folder.section(meta, "backbone", BackboneConfig, folder)
             if backbone_weights:
                 bb_cfg = replace(bb_cfg, weights=backbone_weights)
             backbone = build_backbone(bb_cfg)
         model = build_tokenizer(cfg, backbone)
-        model.load_state_dict(pretrained.load_weights(folder))
+        model.load_state_dict(model_folder.load_weights(folder))
         return model.to(device).eval()
 
 

@@ -12,7 +12,7 @@
 
 A family says how many sequence positions come before the first image token's input
 (:attr:`Generator.prefix_len`: the GPT's class token; RAR's learned [CLS] and its class token),
-so :func:`vfmtok.generate.generate` decodes either one the same way.
+so :func:`vfmtok.sampling.generate` decodes either one the same way.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vfmtok import pretrained
-from vfmtok.typed import to_dict
+from vfmtok import model_folder
+from vfmtok.config_schema import to_dict
 
 
 class ClassEmbedder(nn.Module):
@@ -164,15 +164,15 @@ class Generator(nn.Module):
         returns the weights' sha256. ``state``: the weights to write instead of this module's
         (the gathered full state of an FSDP2-sharded model)."""
         kind = self.folder_kind
-        return pretrained.save_folder(folder, kind, self.state_dict() if state is None else state,
+        return model_folder.save_folder(folder, kind, self.state_dict() if state is None else state,
                                       {kind: to_dict(self.config), "zoo_name": name})
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> Generator:
         """The model saved in ``folder``, in eval mode, rebuilt from its ``config.json`` alone."""
-        meta = pretrained.read_config(folder, cls.folder_kind)
-        model = cls(pretrained.section(meta, cls.folder_kind, cls.config_cls, folder))
-        model.load_state_dict(pretrained.load_weights(folder))
+        meta = model_folder.read_config(folder, cls.folder_kind)
+        model = cls(model_folder.section(meta, cls.folder_kind, cls.config_cls, folder))
+        model.load_state_dict(model_folder.load_weights(folder))
         return model.to(device).eval()
 
     # -- static KV caches --------------------------------------------------------------------------

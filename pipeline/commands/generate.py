@@ -1,6 +1,6 @@
 """``vfmtok-pipeline generate``: a grid of new images of one class from the trained models.
 
-Reads only the two model folders (``data/gpt``, ``data/tokenizer``: each rebuilds from its own
+Reads only the two model folders (``data/generator``, ``data/tokenizer``: each rebuilds from its own
 ``config.json``) and, to turn a class name into its label, ``data/prepared/classes.json``; a
 class given as a number needs no class file. Bad input (an unknown class, a missing model
 folder, an out-of-range option) is one ``error:`` line and nothing is written.
@@ -76,19 +76,19 @@ def generate_grid(root: Path, class_spec: str, out: Path, sampling: Sampling, de
     import torch
 
     from pipeline.reporting import grids
-    from vfmtok.generate import generate
+    from vfmtok.device import autocast, pick_device
     from vfmtok.gpt import GPT
     from vfmtok.images import to_uint8
-    from vfmtok.runtime import autocast, pick_device
+    from vfmtok.sampling import generate
     from vfmtok.tokenizer import Tokenizer
 
     layout = Layout(root)
     dev = pick_device(device)
-    gpt = GPT.from_pretrained(gpt_dir or layout.gpt, dev)
+    gpt = GPT.from_pretrained(gpt_dir or layout.generator, dev)
     label, name = resolve_class(class_spec, gpt.config.num_classes, layout.prepared)
     tokenizer = Tokenizer.from_pretrained(tokenizer_dir or layout.tokenizer, dev)
     if tokenizer.codebook_size != gpt.config.vocab_size or tokenizer.n_tokens != gpt.config.n_tokens:
-        raise GenerateError(f"{gpt_dir or layout.gpt}: the GPT models {gpt.config.n_tokens} tokens of "
+        raise GenerateError(f"{gpt_dir or layout.generator}: the GPT models {gpt.config.n_tokens} tokens of "
                             f"{gpt.config.vocab_size} codes, the tokenizer {tokenizer.n_tokens} of "
                             f"{tokenizer.codebook_size}: not a pair")
     start = time.perf_counter()

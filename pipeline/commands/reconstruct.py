@@ -73,9 +73,9 @@ def reconstruct_images(root: Path, paths: list[Path], out_dir: Path, device: str
     import torch
 
     from pipeline.reporting import grids
+    from vfmtok.device import autocast, pick_device
     from vfmtok.images import from_uint8, to_uint8
     from vfmtok.metrics import psnr
-    from vfmtok.runtime import autocast, pick_device
     from vfmtok.tokenizer import Tokenizer
 
     if not paths:

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.experiments.revisions import read_json
 from pipeline.experiments.runs import run_experiments, run_from
 from pipeline.layout import Layout
 from pipeline.reporting import plots
-from pipeline.revisions import read_json
 from vfmtok import files
 from vfmtok.training import steps_to_reach
 

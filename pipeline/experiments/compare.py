@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.experiments.revisions import read_rev
 from pipeline.layout import Layout
-from pipeline.revisions import read_rev
 from vfmtok import files
 
 

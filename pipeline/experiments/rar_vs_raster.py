@@ -14,9 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.experiments.revisions import flatten, read_json
 from pipeline.experiments.runs import run_experiments
 from pipeline.layout import Layout
-from pipeline.revisions import flatten, read_json
 from vfmtok import files
 from vfmtok.config import generator_family
 

@@ -2,7 +2,7 @@
 
 Each is a ``dvc exp run --temp``: it runs in a temporary copy, so the workspace (its params.yaml,
 dvc.lock and committed reports) is left as it was, and its results live in the experiment (read
-them with ``pipeline.revisions``). The runs share DVC's run cache, so a stage whose code, inputs
+them with ``pipeline.experiments.revisions``). The runs share DVC's run cache, so a stage whose code, inputs
 and params an earlier run already had is restored, not re-run (but not a training stage:
 ``run_from`` starts runs from an experiment's results). They also share one Prefect API, started
 once (``start_run_api``): each stage process runs its flow against it instead of starting a

@@ -8,7 +8,7 @@ status (``pipeline/stage.py``: one ``error:`` line, exit 2: bad input, which the
 meet again); that ends the run with the stage's one line. Each stage's wall time per run (split into
 the stage's work, its imports and Prefect, as the stage process reports them) is appended to
 ``reports/stage_times.{csv,md}``. The stage process runs folded into its task
-(``pipeline/lazy_prefect.py``: no Prefect import, no flow run of its own), so the run is one row
+(``pipeline/orchestration/lazy_prefect.py``: no Prefect import, no flow run of its own), so the run is one row
 in the UI with a task per stage; DVC's and the stages' output is relayed to that task's log
 (``relay.py``).
 """
@@ -32,8 +32,8 @@ from prefect.runtime import flow_run, task_run
 from prefect.tasks import exponential_backoff
 
 from pipeline.errors import UserError, is_user_error, retry_unless_user_error
-from pipeline.lazy_prefect import FOLD_ENV
 from pipeline.orchestration.dag import Stage, dag_stages, is_stale, stale_stages
+from pipeline.orchestration.lazy_prefect import FOLD_ENV
 from pipeline.orchestration.relay import STAGE_ERROR, Relay, child_log_env, segments
 from pipeline.orchestration.stage_process import ProcessTimes
 from pipeline.reporting import stage_times

@@ -24,7 +24,7 @@ from pipeline.orchestration import promotion, workspace
 from pipeline.orchestration.dvc_stages import run_stages, verbose_run_logs
 from pipeline.orchestration.metrics_artifacts import publish_metrics
 from pipeline.params import load_promote
-from vfmtok.typed import ConfigError
+from vfmtok.config_schema import ConfigError
 
 
 @flow(name="reproduce")

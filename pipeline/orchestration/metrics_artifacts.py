@@ -12,8 +12,8 @@ from pathlib import Path
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
+from pipeline.experiments.revisions import workspace_metrics
 from pipeline.layout import Layout
-from pipeline.revisions import workspace_metrics
 from vfmtok import files
 
 METRICS_KEY = "vfmtok-metrics"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.experiments.revisions import workspace_metrics
 from pipeline.params import PromoteParams
-from pipeline.revisions import workspace_metrics
-from vfmtok.typed import ConfigError
+from vfmtok.config_schema import ConfigError
 
 PROMOTION_KEY = "vfmtok-promotion"
 

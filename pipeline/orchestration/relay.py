@@ -7,7 +7,7 @@ The output mixes three things, each handled once:
   ``PROGRESS_EVERY_S``, so a long stage shows signs of life without flooding the log, and a bar
   left open by a log line is cut off from it instead of running into it;
 - the stage process's log records (``LEVEL   | message``): a stage of ours runs folded into the
-  relaying task (``pipeline/lazy_prefect.py``), so its records reach the API only through this
+  relaying task (``pipeline/orchestration/lazy_prefect.py``), so its records reach the API only through this
   relay, under that task, with one timestamp (the relaying logger's). A record of a Prefect run
   logger in the child (``Flow run 'x' - ...``, ``Task run 'x' - ...``: a stage command that is a
   Prefect flow of its own) is in the API already under that run: relayed to the terminal only

@@ -3,8 +3,9 @@ time went.
 
 ``dvc.yaml`` runs each stage as its own process (``python -m pipeline.stage NAME``). Alone, the
 stage's flow is a Prefect flow. Under ``reproduce``/``retrain`` the orchestrating task sets
-:data:`~pipeline.lazy_prefect.FOLD_ENV`: the stage is folded into that task (one row in the UI,
-its output in the task's log) and its process never imports Prefect (``pipeline/lazy_prefect.py``).
+:data:`~pipeline.orchestration.lazy_prefect.FOLD_ENV`: the stage is folded into that task (one row
+in the UI, its output in the task's log) and its process never imports Prefect
+(``pipeline/orchestration/lazy_prefect.py``).
 
 Every stage process also prints one :data:`TIMES_LINE` at the end: the time of the flow's own body
 (the stage's work), of importing the stage module (torch and the model stack, paid with or
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.lazy_prefect import StageFlow, folded, log_to_stdout, show_run_records
+from pipeline.orchestration.lazy_prefect import StageFlow, folded, log_to_stdout, show_run_records
 from pipeline.orchestration.run_api import start_run_api
 
 TIMES_LINE = "[vfmtok] stage {stage}: work {work:.3f} s, imports {imports:.3f} s, prefect {prefect:.3f} s"

@@ -23,7 +23,7 @@ LINES_PER_RUN = 20  # default: a line every 5% of the run
 def _run_logger() -> logging.Logger | logging.LoggerAdapter:
     """The current Prefect run's logger (terminal and API), else the stage's plain logger (a stage
     folded into an orchestrating task: its stdout is that task's log)."""
-    from pipeline.lazy_prefect import get_run_logger
+    from pipeline.orchestration.lazy_prefect import get_run_logger
 
     return get_run_logger()
 

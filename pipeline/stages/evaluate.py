@@ -6,7 +6,7 @@
 - rFID, PSNR and SSIM (uint8, data_range 255) of the EMA tokenizer's val reconstructions.
 - Codebook usage (unique codes over the val tokens / codebook size) and perplexity.
 - Linear probe of the tokens and class accuracy of the samples by a classifier on frozen backbone
-  features; FD in the backbone's feature space (``pipeline/evaluation.py``).
+  features; FD in the backbone's feature space (``pipeline/evaluation/measures.py``).
 Writes ``reports/metrics.json`` (DVC metrics), ``reports/metrics.md`` and ``reports/metrics.csv``.
 
 The paper's protocol: ``evaluate.reference_npz`` names an ADM-format reference batch (every
@@ -23,15 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import evaluation
+from pipeline.evaluation import measures
+from pipeline.evaluation.reconstruction import reconstruct_batch
 from pipeline.formats import features, samples, tokens
 from pipeline.formats.prepared import SplitImages
 from pipeline.layout import Layout
-from pipeline.lazy_prefect import flow, get_run_logger, task
+from pipeline.models.trained import load_tokenizer
+from pipeline.orchestration.lazy_prefect import flow, get_run_logger, task
 from pipeline.params import Params, load_params
-from pipeline.reconstruction import reconstruct_batch
 from pipeline.reporting import metrics_table, plots
-from pipeline.trained import load_tokenizer
 from vfmtok import distributed, inception
 from vfmtok import fid as fd
 from vfmtok.backbones import build_backbone
@@ -41,7 +41,7 @@ from vfmtok.tokenizer import Tokenizer
 
 
 @task()
-def generation(fid: inception.InceptionFeatures, ref: evaluation.Reference | None, sample_images: np.ndarray,
+def generation(fid: inception.InceptionFeatures, ref: measures.Reference | None, sample_images: np.ndarray,
                s_pick: np.ndarray, resolution: int, kid_subset_size: int) -> dict:
     """The samples (resized to the evaluation resolution) against the reference: FID from its
     statistics; KID and precision/recall when its features are known; IS when possible."""
@@ -109,11 +109,11 @@ def readouts(params: Params, layout: Layout, tokenizer: Tokenizer, val: SplitIma
     train = SplitImages(layout.prepared, "train")
     t_pick = np.arange(len(train) if n <= 0 else min(n, len(train)))
     v_pick = np.arange(len(val))
-    t_tok = evaluation.token_vectors(tokenizer, layout, "train", train, t_pick, device)
-    v_tok = evaluation.token_vectors(tokenizer, layout, "val", val, v_pick, device)
+    t_tok = measures.token_vectors(tokenizer, layout, "train", train, t_pick, device)
+    v_tok = measures.token_vectors(tokenizer, layout, "val", val, v_pick, device)
     token_psnr, _ = linear_readout_psnr(t_tok, train.uint8(t_pick), v_tok, val.uint8(v_pick))
-    t_bb = evaluation.backbone_vectors(params, layout, train, t_pick, device)
-    v_bb = evaluation.backbone_vectors(params, layout, val, v_pick, device)
+    t_bb = measures.backbone_vectors(params, layout, train, t_pick, device)
+    v_bb = measures.backbone_vectors(params, layout, val, v_pick, device)
     backbone_psnr, _ = linear_readout_psnr(t_bb, train.uint8(t_pick), v_bb, val.uint8(v_pick))
     return {"token_linear_psnr": round(token_psnr, 3), "backbone_linear_psnr": round(backbone_psnr, 3),
             "readout_train_images": int(len(t_pick))}
@@ -129,15 +129,15 @@ def semantics(params: Params, layout: Layout, tokenizer: Tokenizer, val: SplitIm
     e = params.evaluate
     backbone = build_backbone(params.judge).to(device)
     train = SplitImages(layout.prepared, "train")
-    t_pick = evaluation.balanced_subset(train.labels, e.probe_train)
-    train_bb, val_bb, sample_bb = (evaluation.pooled_backbone(backbone, images, device, split=True)
+    t_pick = measures.balanced_subset(train.labels, e.probe_train)
+    train_bb, val_bb, sample_bb = (measures.pooled_backbone(backbone, images, device, split=True)
                                    for images in (train.uint8(t_pick), val.uint8(np.arange(len(val))),
                                                   sample_images))
     if train_bb is None:  # not rank 0
         return {}
     clf = fit_probe(train_bb, train.labels[t_pick])
     return {
-        "linear_probe_acc": round(evaluation.token_probe(tokenizer, layout, e.probe_train, device), 4),
+        "linear_probe_acc": round(measures.token_probe(tokenizer, layout, e.probe_train, device), 4),
         "sample_class_acc": round(float((clf.predict(sample_bb) == sample_labels).mean()), 4),
         "val_class_acc": round(float((clf.predict(val_bb) == val.labels).mean()), 4),
         f"fd_{judge_name(params)}": round(fd.fid_from_features(val_bb[pick], sample_bb[s_pick]), 3),
@@ -164,10 +164,10 @@ def evaluate_flow(params_file: str = "params.yaml", root: str = ".") -> dict:
     fid = inception.InceptionFeatures(layout.cache, device=device,
                                       full_weights_path=e.inception_full_weights or None)
     val = SplitImages(layout.prepared, "val")
-    pick = evaluation.balanced_subset(val.labels, e.fid_images)
-    s_pick = evaluation.balanced_subset(sample_labels, e.fid_images)
-    val_feats = evaluation.val_features(fid, val, pick, e.resolution, layout)
-    ref = evaluation.reference(fid, e.reference_npz, e.resolution, val_feats, layout)
+    pick = measures.balanced_subset(val.labels, e.fid_images)
+    s_pick = measures.balanced_subset(sample_labels, e.fid_images)
+    val_feats = measures.val_features(fid, val, pick, e.resolution, layout)
+    ref = measures.reference(fid, e.reference_npz, e.resolution, val_feats, layout)
 
     parts = [  # every rank runs every task (they share the image-level work); rank 0 scores
         generation(fid, ref, sample_images, s_pick, e.resolution, e.kid_subset_size),

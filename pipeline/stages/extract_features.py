@@ -17,13 +17,13 @@ from tqdm import tqdm
 from pipeline.errors import retry_unless_user_error
 from pipeline.formats import features, prepared
 from pipeline.layout import Layout
-from pipeline.lazy_prefect import flow, get_run_logger, task
+from pipeline.orchestration.lazy_prefect import flow, get_run_logger, task
 from pipeline.params import load_params
 from vfmtok import files
 from vfmtok.backbones import FrozenBackbone, build_backbone
+from vfmtok.config_schema import to_dict
+from vfmtok.device import autocast, pick_device
 from vfmtok.images import from_uint8
-from vfmtok.runtime import autocast, pick_device
-from vfmtok.typed import to_dict
 
 
 @task(retries=2, retry_delay_seconds=1, retry_condition_fn=retry_unless_user_error)

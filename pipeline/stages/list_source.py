@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pipeline.formats import source_listing
 from pipeline.layout import Layout
-from pipeline.lazy_prefect import flow, get_run_logger
+from pipeline.orchestration.lazy_prefect import flow, get_run_logger
 from pipeline.params import load_params
 from pipeline.sources import scan
 

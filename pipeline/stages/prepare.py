@@ -27,7 +27,7 @@ from pipeline.errors import SourceError, retry_unless_user_error
 from pipeline.formats import prepared, source_listing
 from pipeline.formats.image_shards import Codec
 from pipeline.layout import Layout
-from pipeline.lazy_prefect import flow, get_run_logger, task
+from pipeline.orchestration.lazy_prefect import flow, get_run_logger, task
 from pipeline.params import PrepareParams, load_params
 from vfmtok import files
 

@@ -2,7 +2,7 @@
 with the KV cache), decoded by the EMA tokenizer. Sample i draws from its own seed (derived from
 ``sample.seed`` and i), so it does not depend on ``batch_size``.
 
-Reads ``sample``, ``data/gpt``, ``data/tokenizer``, ``data/prepared/classes.json``; writes
+Reads ``sample``, ``data/generator``, ``data/tokenizer``, ``data/prepared/classes.json``; writes
 ``data/samples`` (``pipeline/formats/samples.py``), ``reports/samples/<class>.png`` (a grid per
 class), ``reports/samples.png`` (all classes) and ``reports/sample.json`` (images/s and
 tokens/s, with and without the KV cache).
@@ -19,14 +19,14 @@ import torch
 
 from pipeline.formats import prepared, samples
 from pipeline.layout import Layout
-from pipeline.lazy_prefect import flow, get_run_logger, task
+from pipeline.models.trained import load_generator, load_tokenizer
+from pipeline.orchestration.lazy_prefect import flow, get_run_logger, task
 from pipeline.params import Params, load_params
 from pipeline.reporting import grids
-from pipeline.trained import load_generator, load_tokenizer
 from vfmtok import distributed, files
-from vfmtok.generate import generate, sample_seeds
+from vfmtok.device import autocast
 from vfmtok.images import to_uint8
-from vfmtok.runtime import autocast
+from vfmtok.sampling import generate, sample_seeds
 from vfmtok.transformer import Generator
 
 

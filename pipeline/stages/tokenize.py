@@ -19,12 +19,12 @@ from pipeline.errors import retry_unless_user_error
 from pipeline.formats import features, tokens
 from pipeline.formats.prepared import SplitImages
 from pipeline.layout import Layout
-from pipeline.lazy_prefect import flow, get_run_logger, task
+from pipeline.models.trained import load_tokenizer
+from pipeline.orchestration.lazy_prefect import flow, get_run_logger, task
 from pipeline.params import load_params
-from pipeline.trained import load_tokenizer
 from vfmtok import distributed, files
+from vfmtok.device import autocast
 from vfmtok.images import from_uint8
-from vfmtok.runtime import autocast
 from vfmtok.tokenizer import Tokenizer
 
 

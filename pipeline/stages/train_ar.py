@@ -2,7 +2,7 @@
 trained in RAR's annealed random orders) over the tokenizer's Parquet tokens.
 
 Reads ``ar_model``, ``train_ar``, ``judge``, ``tokenizer``, ``data/tokens``, ``data/tokenizer`` and
-``data/prepared``; writes ``data/gpt`` (the model's ``save_pretrained`` folder),
+``data/prepared``; writes ``data/generator`` (the model's ``save_pretrained`` folder),
 ``reports/train_ar.json`` (final val loss, the sample-quality curve: FD and class accuracy of a
 fixed sample set judged every ``quality_every`` steps, steps to val-loss thresholds, tokens/s)
 and ``reports/train_ar/`` (DVCLive curves). Checkpoints: ``data/checkpoints/gpt`` (persisted).
@@ -19,28 +19,28 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import retry_unless_user_error
+from pipeline.evaluation.sample_quality import SampleQuality
 from pipeline.formats import prepared, tokens
 from pipeline.formats.prepared import SplitImages
 from pipeline.layout import Layout
-from pipeline.lazy_prefect import flow, get_run_logger, task
+from pipeline.models.trained import load_tokenizer
+from pipeline.orchestration.lazy_prefect import flow, get_run_logger, task
 from pipeline.params import Params, launch_world_size, load_params
 from pipeline.reporting.live import curve_every, log_step, open_live, read_curve
 from pipeline.reporting.progress import Progress
-from pipeline.sample_quality import SampleQuality
-from pipeline.token_stream import TokenStream, iter_batches
-from pipeline.trained import load_tokenizer
-from vfmtok import distributed, files, generators
+from pipeline.training_inputs.token_stream import TokenStream, iter_batches
+from vfmtok import distributed, files, zoo
 from vfmtok.backbones import build_backbone
-from vfmtok.train_ar import train_ar, val_loss
+from vfmtok.config_schema import result_dict
+from vfmtok.generator_training import train_ar, val_loss
 from vfmtok.training import num_params, steps_to_reach
-from vfmtok.typed import result_dict
 
 STAGE = "train_ar"
 
 
 @dataclass
 class Trained:
-    model: generators.Generator  # trained in place (sharded under FSDP2)
+    model: zoo.Generator  # trained in place (sharded under FSDP2)
     steps_run: int
     seconds: float
 
@@ -77,7 +77,7 @@ def fit(params: Params, layout: Layout, device: torch.device) -> Trained:
     torch.manual_seed(cfg.seed)
     model_cfg = params.ar_model.model_config(params.tokenizer.codebook_size, params.tokenizer.n_tokens,
                                              num_classes)
-    model = generators.build_generator(model_cfg).to(device)
+    model = zoo.build_generator(model_cfg).to(device)
     run_config = {k: result_dict(getattr(params, k)) for k in ("tokenizer", "ar_model", "judge", STAGE)}
     run_config["tokens_sha256"] = train.meta.get("tokenizer_sha256")
     live, progress, every = None, None, curve_every(cfg.steps)
@@ -97,9 +97,9 @@ def fit(params: Params, layout: Layout, device: torch.device) -> Trained:
 
     start = time.perf_counter()
     steps_run = train_ar(model, rank_stream(train, cfg.batch_size, cfg.seed), cfg,
-                         layout.checkpoints("gpt"), device,
+                         layout.checkpoints("generator"), device,
                          val_batches=lambda: iter_batches(val, cfg.batch_size, cfg.val_rows),
-                         on_log=log, run_config=run_config, step_fn=generators.training_step(model, cfg),
+                         on_log=log, run_config=run_config, step_fn=zoo.training_step(model, cfg),
                          quality=_quality(params, layout, device))
     if live is not None:
         live.end()
@@ -133,7 +133,7 @@ def train_ar_flow(params_file: str = "params.yaml", root: str = ".") -> dict:
     final_val = val_loss(model, iter_batches(val, cfg.batch_size, cfg.val_rows), device)  # all ranks
     if not distributed.is_main():
         return {}
-    model.save_pretrained(layout.gpt, name=params.ar_model.model, state=state)
+    model.save_pretrained(layout.generator, name=params.ar_model.model, state=state)
     tokens_per_step = cfg.batch_size * params.tokenizer.n_tokens
     val_curve = read_curve(layout.live(STAGE), "val/loss")
     report = {

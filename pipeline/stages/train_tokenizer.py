@@ -18,24 +18,24 @@ import numpy as np
 import torch
 
 from pipeline.errors import retry_unless_user_error
+from pipeline.evaluation.reconstruction import reconstruct
 from pipeline.formats import features
 from pipeline.formats.prepared import SplitImages
 from pipeline.layout import Layout
-from pipeline.lazy_prefect import flow, get_run_logger, task
+from pipeline.orchestration.lazy_prefect import flow, get_run_logger, task
 from pipeline.params import Params, launch_world_size, load_params
-from pipeline.reconstruction import reconstruct
 from pipeline.reporting import grids
 from pipeline.reporting.live import curve_every, log_step, open_live
 from pipeline.reporting.progress import Progress
-from pipeline.training_data import TokenizerTrainData
+from pipeline.training_inputs.image_batches import TokenizerTrainData
 from vfmtok import distributed, files
 from vfmtok.backbones import build_backbone
+from vfmtok.config_schema import result_dict
 from vfmtok.losses import TokenizerLoss
 from vfmtok.metrics import batch_psnr, codebook_usage
 from vfmtok.tokenizer import Tokenizer, build_tokenizer
-from vfmtok.train_tokenizer import train_tokenizer
+from vfmtok.tokenizer_training import train_tokenizer
 from vfmtok.training import num_params
-from vfmtok.typed import result_dict
 
 STAGE = "train_tokenizer"
 

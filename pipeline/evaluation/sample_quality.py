@@ -15,19 +15,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import evaluation
+from pipeline.evaluation import measures
 from pipeline.formats.prepared import SplitImages
 from vfmtok.backbones import FrozenBackbone
+from vfmtok.device import autocast
 from vfmtok.fid import fid_from_features
-from vfmtok.generate import generate, sample_seeds
 from vfmtok.images import to_uint8
 from vfmtok.metrics import fit_probe
-from vfmtok.runtime import autocast
+from vfmtok.sampling import generate, sample_seeds
 from vfmtok.tokenizer import Tokenizer
 
 
 class SampleQuality:
-    """``quality(model) -> {"fd": ..., "class_acc": ...}`` for ``vfmtok.train_ar.train_ar``."""
+    """``quality(model) -> {"fd": ..., "class_acc": ...}`` for ``vfmtok.generator_training.train_ar``."""
 
     def __init__(self, tokenizer: Tokenizer, judge: FrozenBackbone, train: SplitImages, val: SplitImages,
                  num_classes: int, per_class: int, probe_train: int, seed: int, batch_size: int,
@@ -35,12 +35,12 @@ class SampleQuality:
         self.tokenizer, self.judge, self.device = tokenizer, judge, device
         self.seed, self.batch_size = seed, batch_size
         self.labels = torch.arange(num_classes).repeat_interleave(per_class)  # (C * per_class,)
-        pick = evaluation.balanced_subset(train.labels, probe_train)
+        pick = measures.balanced_subset(train.labels, probe_train)
         self.classifier = fit_probe(self._pooled(train.uint8(pick)), train.labels[pick])
         self.reference = self._pooled(val.uint8(np.arange(len(val))))  # (N_val, C_judge)
 
     def _pooled(self, images: np.ndarray) -> np.ndarray:
-        return evaluation.pooled_backbone(self.judge, images, self.device)
+        return measures.pooled_backbone(self.judge, images, self.device)
 
     @torch.no_grad()
     def samples(self, model: nn.Module) -> np.ndarray:

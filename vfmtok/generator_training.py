@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from vfmtok import distributed as D
 from vfmtok.config import ARTrainConfig
-from vfmtok.runtime import autocast
+from vfmtok.config_schema import result_dict, validate
+from vfmtok.device import autocast
 from vfmtok.training import (
     CHECKPOINT_NAME,
     config_hash,
@@ -28,7 +29,6 @@ from vfmtok.training import (
     save_checkpoint,
     set_lr,
 )  # fmt: skip
-from vfmtok.typed import result_dict, validate
 
 
 class TokenBatches(Protocol):

@@ -16,10 +16,10 @@ from pipeline.layout import Layout
 from pipeline.params import Params
 from vfmtok import distributed, files, inception
 from vfmtok.backbones import FrozenBackbone, build_backbone
+from vfmtok.device import autocast
 from vfmtok.fid import feature_stats
 from vfmtok.images import from_uint8, resize_uint8
 from vfmtok.metrics import linear_probe
-from vfmtok.runtime import autocast
 from vfmtok.tokenizer import Tokenizer
 
 

@@ -23,9 +23,10 @@ from torch import Tensor
 
 from vfmtok import distributed as D
 from vfmtok.config import TokenizerTrainConfig
+from vfmtok.config_schema import result_dict, validate
 from vfmtok.dead_codes import DeadCodeRestarts
+from vfmtok.device import autocast
 from vfmtok.losses import TokenizerLoss
-from vfmtok.runtime import autocast
 from vfmtok.tokenizer import Tokenizer
 from vfmtok.training import (
     CHECKPOINT_NAME,
@@ -38,7 +39,6 @@ from vfmtok.training import (
     set_lr,
     step_generator,
 )  # fmt: skip
-from vfmtok.typed import result_dict, validate
 
 
 class TrainData(Protocol):

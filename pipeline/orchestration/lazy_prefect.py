@@ -131,7 +131,7 @@ class _HidePrefectChatter(logging.Filter):
 def show_run_records() -> None:
     """A stage alone, as a Prefect flow: its INFO records on the console and in the API.
 
-    ``PREFECT_LOGGING_LEVEL`` is WARNING by default (``pipeline/prefect_env.py``: Prefect's INFO
+    ``PREFECT_LOGGING_LEVEL`` is WARNING by default (``pipeline/orchestration/prefect_env.py``: Prefect's INFO
     chatter would bury a stage's output), and Prefect's run loggers inherit it, so the records a
     stage writes through :func:`get_run_logger` at INFO (the training progress lines, "resumed from
     step N", the stages' summaries) reached neither the console nor the UI. The run loggers go

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from vfmtok import pretrained
+from vfmtok import model_folder
 from vfmtok.config import ARTrainConfig, GPTConfig, RARConfig, generator_config
 from vfmtok.gpt import GPT
 from vfmtok.rar import RAR, annealed_step
@@ -31,10 +31,10 @@ def build(name: str, **overrides) -> Generator:
 
 def from_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> Generator:
     """Whichever generator ``folder`` holds (its ``config.json``'s format), rebuilt from it alone."""
-    fmt = pretrained.read_format(folder)
+    fmt = model_folder.read_format(folder)
     family = fmt.removeprefix("vfmtok.")
     if family not in FAMILIES:
-        raise pretrained.ModelFolderError(f"{Path(folder) / pretrained.CONFIG}: format {fmt!r} is "
+        raise model_folder.ModelFolderError(f"{Path(folder) / model_folder.CONFIG}: format {fmt!r} is "
                                           f"not a generator (expected vfmtok.gpt or vfmtok.rar)")
     return FAMILIES[family].from_pretrained(folder, device)
 
@@ -43,7 +43,7 @@ StepFn = Callable[[nn.Module, Tensor, Tensor, int], Tensor]
 
 
 def training_step(model: nn.Module, cfg: ARTrainConfig) -> StepFn | None:
-    """The ``step_fn`` of :func:`vfmtok.train_ar.train_ar` for ``model``: RAR's annealed random
+    """The ``step_fn`` of :func:`vfmtok.generator_training.train_ar` for ``model``: RAR's annealed random
     orders; None (plain raster teacher forcing) for the GPT."""
     if isinstance(model, RAR):
         return annealed_step(cfg.randomness_anneal_start, cfg.randomness_anneal_end)

@@ -3,7 +3,7 @@ alone (the way timm and Hugging Face keep a model's config beside its weights).
 
 ``config.json`` holds ``{"format": "vfmtok.<kind>", "version": 1, <config sections>...,
 "weights_sha256": ...}``. The sections are the dataclasses of :mod:`vfmtok.config` as plain dicts
-and are read back with :func:`vfmtok.typed.from_dict`, so a hand-edited or foreign file fails with
+and are read back with :func:`vfmtok.config_schema.from_dict`, so a hand-edited or foreign file fails with
 the file, key and value, like a params file. The models' own ``save_pretrained`` /
 ``from_pretrained`` (``vfmtok.tokenizer``, ``vfmtok.transformer.Generator`` for the GPT and RAR)
 are built on these helpers.
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vfmtok import files
-from vfmtok.typed import ConfigError, differences, from_dict
+from vfmtok.config_schema import ConfigError, differences, from_dict
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 VERSION = 1

@@ -27,11 +27,11 @@ import torch
 from pipeline.params import Params
 from vfmtok.backbones import FrozenBackbone, build_backbone
 from vfmtok.config import BackboneConfig, Device, LossConfig
-from vfmtok.generators import build_generator
+from vfmtok.config_schema import ConfigError, origin_of, replace
 from vfmtok.losses import TokenizerLoss
 from vfmtok.tokenizer import Tokenizer, build_tokenizer
 from vfmtok.transformer import Generator
-from vfmtok.typed import ConfigError, origin_of, replace
+from vfmtok.zoo import build_generator
 
 PLACEHOLDER_CLASSES = 10
 

@@ -8,40 +8,40 @@ import torch
 
 from pipeline.layout import Layout
 from pipeline.params import Params
-from vfmtok import generators, pretrained
+from vfmtok import model_folder, zoo
 from vfmtok.config import BackboneConfig, GPTConfig, RARConfig, TokenizerConfig
+from vfmtok.config_schema import to_dict
 from vfmtok.tokenizer import Tokenizer
-from vfmtok.typed import to_dict
 
 
 def _stored(folder, meta: dict, name: str, cls: type) -> dict:
     """A stored config section with the defaults of fields added since it was written filled in
     (a folder from before a new switch existed was built with the switch's default)."""
-    return to_dict(pretrained.section(meta, name, cls, folder))
+    return to_dict(model_folder.section(meta, name, cls, folder))
 
 
 def load_tokenizer(layout: Layout, params: Params, device: torch.device,
                    backbone: torch.nn.Module | None = None) -> tuple[Tokenizer, str]:
     """The EMA tokenizer of ``data/tokenizer`` (eval mode) and its weights' sha256."""
     folder = layout.tokenizer
-    meta = pretrained.read_config(folder, "tokenizer")
-    pretrained.require_same(folder, "tokenizer", _stored(folder, meta, "tokenizer", TokenizerConfig),
+    meta = model_folder.read_config(folder, "tokenizer")
+    model_folder.require_same(folder, "tokenizer", _stored(folder, meta, "tokenizer", TokenizerConfig),
                             to_dict(params.tokenizer), "params.yaml")
     if params.tokenizer.kind == "vfmtok":
-        pretrained.require_same(folder, "backbone", _stored(folder, meta, "backbone", BackboneConfig),
+        model_folder.require_same(folder, "backbone", _stored(folder, meta, "backbone", BackboneConfig),
                                 to_dict(params.backbone), "params.yaml")
     model = Tokenizer.from_pretrained(folder, device, backbone=backbone)
     return model, str(meta["weights_sha256"])
 
 
 def load_generator(layout: Layout, params: Params, num_classes: int,
-                   device: torch.device) -> generators.Generator:
-    """The generator of ``data/gpt`` (eval mode; a GPT or RAR folder), checked to be the family and
+                   device: torch.device) -> zoo.Generator:
+    """The generator of ``data/generator`` (eval mode; a GPT or RAR folder), checked to be the family and
     config that ``ar_model`` and the tokenizer's size make."""
-    folder, family = layout.gpt, params.ar_model.family
-    meta = pretrained.read_config(folder, family)  # a folder of the other family: named here
+    folder, family = layout.generator, params.ar_model.family
+    meta = model_folder.read_config(folder, family)  # a folder of the other family: named here
     expected = params.ar_model.model_config(params.tokenizer.codebook_size, params.tokenizer.n_tokens,
                                             num_classes)
     stored = _stored(folder, meta, family, {"gpt": GPTConfig, "rar": RARConfig}[family])
-    pretrained.require_same(folder, family, stored, to_dict(expected), "params.yaml")
-    return generators.FAMILIES[family].from_pretrained(folder, device)
+    model_folder.require_same(folder, family, stored, to_dict(expected), "params.yaml")
+    return zoo.FAMILIES[family].from_pretrained(folder, device)

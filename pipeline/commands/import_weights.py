@@ -1,7 +1,7 @@
 """``vfmtok-pipeline import-weights``: released VFMTok / LlamaGen checkpoints -> model folders.
 
-Converts the public tokenizer and GPT checkpoints (the files ``vfmtok.public_weights`` lists)
-into ``data/tokenizer`` and ``data/gpt``, the ``save_pretrained`` folders the later stages read
+Converts the public tokenizer and GPT checkpoints (the files ``vfmtok.released_weights`` lists)
+into ``data/tokenizer`` and ``data/generator``, the ``save_pretrained`` folders the later stages read
 (``Tokenizer.from_pretrained`` / ``GPT.from_pretrained`` load them outside the pipeline too).
 A file that is not one of them is refused with one line naming its first unmatched key; nothing
 is written then. The stages accept the imported folders when ``params.yaml`` describes the same
@@ -25,12 +25,12 @@ import torch
 from pipeline.errors import UserError
 from pipeline.layout import Layout
 from pipeline.params import Params, load_params
-from vfmtok import pretrained
-from vfmtok import public_weights as pw
+from vfmtok import model_folder
+from vfmtok import released_weights as pw
 from vfmtok.config import BackboneConfig
+from vfmtok.config_schema import differences, to_dict
 from vfmtok.gpt import GPT
 from vfmtok.tokenizer import build_tokenizer
-from vfmtok.typed import differences, to_dict
 
 DINOV2_L_336 = SimpleNamespace(level_channels=[1024] * 4, level_shapes=[(24, 24)] * 4, image_size=336)
 
@@ -79,7 +79,7 @@ def import_tokenizer(path: Path, folder: Path, backbone_weights: str, prefer: st
     state = _convert(path, public, pw.tokenizer_rules(cfg), pw.TOKENIZER_IGNORED, model)
     backbone = BackboneConfig(**pw.BACKBONE, weights=str(backbone_weights))
     sections = {"tokenizer": to_dict(cfg), "backbone": to_dict(backbone)}
-    pretrained.save_folder(folder, "tokenizer", state, {**sections, "imported_from": {
+    model_folder.save_folder(folder, "tokenizer", state, {**sections, "imported_from": {
         "file": path.name, "entry": entry, "bytes": path.stat().st_size}})
     n = sum(t.numel() for t in state.values())
     return Imported(folder, f"{path.name} [{entry}] -> {folder}: VFMTok tokenizer, {n / 1e6:.1f}M parameters",
@@ -96,7 +96,7 @@ def import_gpt(path: Path, folder: Path, n_tokens: int = 256, prefer: str = "ema
     with torch.device("meta"):
         model = GPT(cfg)
     state = _convert(path, public, pw.gpt_rules(cfg.n_layer), pw.GPT_IGNORED, model)
-    pretrained.save_folder(folder, "gpt", state, {"gpt": to_dict(cfg), "zoo_name": name, "imported_from": {
+    model_folder.save_folder(folder, "gpt", state, {"gpt": to_dict(cfg), "zoo_name": name, "imported_from": {
         "file": path.name, "entry": entry, "bytes": path.stat().st_size}})
     n = sum(t.numel() for t in state.values())
     return Imported(folder, f"{path.name} [{entry}] -> {folder}: {name}, {n / 1e6:.1f}M parameters, "
@@ -109,7 +109,7 @@ def _diffs(name: str, stored: dict, expected: dict) -> list[str]:
 
 def params_differences(params: Params, imported: list[Imported]) -> list[str]:
     """What in ``params.yaml`` would make the stages refuse the imported folders (the checks of
-    ``pipeline/trained.py``)."""
+    ``pipeline/models/trained.py``)."""
     out = []
     for imp in imported:
         s = imp.sections
@@ -137,7 +137,7 @@ def run(root: str, params_file: str, tokenizer: str | None, gpt: str | None, n_t
         weights = backbone_weights or params.backbone.weights
         done.append(import_tokenizer(Path(tokenizer), layout.tokenizer, weights, prefer))
     if gpt:
-        done.append(import_gpt(Path(gpt), layout.gpt, n_tokens, prefer))
+        done.append(import_gpt(Path(gpt), layout.generator, n_tokens, prefer))
     lines = [imp.summary for imp in done]
     diffs = params_differences(params, done)
     if diffs:

@@ -8,8 +8,8 @@ import torch
 
 from pipeline.formats.features import SplitFeatures
 from pipeline.formats.prepared import SplitImages
+from vfmtok.device import autocast
 from vfmtok.images import from_uint8, to_uint8
-from vfmtok.runtime import autocast
 from vfmtok.tokenizer import Tokenizer
 
 

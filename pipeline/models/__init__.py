@@ -1,0 +1,1 @@
+"""The trained models as the pipeline loads them."""

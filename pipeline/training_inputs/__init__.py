@@ -1,0 +1,1 @@
+"""What the training stages read: batches from the prepared images and token files."""
