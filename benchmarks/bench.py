@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from bench_report import device_name, markdown, write_report  # noqa: E402
 
 from pipeline.formats.tokens import TokenWriter  # noqa: E402
-from pipeline.params import Params, load_params  # noqa: E402
+from pipeline.params import Params  # noqa: E402
+from pipeline.params.profiles import load_profile  # noqa: E402
 from vfmtok import zoo  # noqa: E402
 from vfmtok.backbones import build_backbone  # noqa: E402
 from vfmtok.config import ARTrainConfig  # noqa: E402
@@ -319,8 +320,8 @@ def bench_parquet(case: Case) -> dict:
 
 
 def cases(suite: str, device: torch.device) -> list[Case]:
-    demo = load_params(ROOT / "params" / "demo.yaml", check_paths=False)
-    paper = load_params(ROOT / "params" / "imagenet.yaml", check_paths=False)
+    demo = load_profile("demo", ROOT, check_paths=False)
+    paper = load_profile("imagenet", ROOT, check_paths=False)
     gpu = device.type == "cuda"
     if suite == "gpu":
         return [Case("paper", paper, 32, ["GPT-B", "GPT-L"], 64, paper.ar_model.model, [64, 256], 3, 10,

@@ -3,12 +3,24 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 from pathlib import Path
 
 import torch
+
+REPORTS = Path(__file__).resolve().parents[1] / "reports" / "benchmarks"
+
+
+def command_line(doc: str | None, name: str, repeats: int = 5) -> argparse.ArgumentParser:
+    """A benchmark's common arguments: its docstring as help, ``--repeats`` (the spread of a
+    figure comes from them) and ``--out`` (default ``reports/benchmarks/NAME``: ``.json`` and ``.md``)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--out", default=str(REPORTS / name), help="output path stem (default: %(default)s)")
+    return parser
 
 
 def device_name(device: torch.device) -> str:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import ROOT, gpt_for, ratio_spread, repeat_times, spread, sync  # noqa: E402
 from bench_report import device_name, write_report  # noqa: E402
 
-from pipeline.params import load_params  # noqa: E402
+from pipeline.params.profiles import load_profile  # noqa: E402
 from vfmtok.device import autocast, pick_device  # noqa: E402
 from vfmtok.sampling import generate  # noqa: E402
 from vfmtok.transformer import Generator  # noqa: E402
@@ -86,7 +86,7 @@ def profile_decode(model: Generator, labels: torch.Tensor, tokens: int, compile_
 
 
 def bench_model(name: str, args: argparse.Namespace, device: torch.device) -> dict:
-    params = load_params(ROOT / "params" / "demo.yaml", check_paths=False)
+    params = load_profile("demo", ROOT, check_paths=False)
     torch.manual_seed(0)
     model = gpt_for(params, name, args.tokens).to(device).eval()
     with torch.no_grad():

@@ -24,7 +24,6 @@ jobs, where wall time would measure the neighbours.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -38,6 +37,8 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from bench_report import command_line  # noqa: E402
 
 from pipeline import sources  # noqa: E402
 from pipeline.formats import prepared  # noqa: E402
@@ -144,11 +145,8 @@ def markdown(rows: list[dict], n: int, repeats: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_line(__doc__, "prepared_shards")
     parser.add_argument("--images", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks" / "prepared_shards"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vfmtok-shards-") as tmp:
         work = Path(tmp)

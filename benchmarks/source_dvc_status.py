@@ -23,7 +23,6 @@ in-process, without the Prefect start-up; wall and CPU time). The tree is delete
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -39,8 +38,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
+from bench_report import command_line  # noqa: E402
+
 from pipeline import sources  # noqa: E402
 from pipeline.formats import source_listing  # noqa: E402
+from pipeline.params.profiles import profile_data  # noqa: E402
 
 PER_CLASS = 100
 CONSUME = "python -c \"open('out.txt', 'w').write('ok')\""
@@ -105,18 +107,15 @@ def relist(src: Path, out: Path, repeats: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_line(__doc__, "source_dvc_status")
     parser.add_argument("--files", type=int, default=100_000)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=str(ROOT / "reports" / "benchmarks" / "source_dvc_status"))
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="vfmtok-dvc-status-"))
     try:
         src = work / "imagenet"
         make_tree(src, args.files)
         tree = project(work / "tree", {"consume": {"cmd": CONSUME, "deps": [str(src)], "outs": ["out.txt"]}})
-        params = yaml.safe_load((ROOT / "params" / "smoke.yaml").read_text())
+        params = profile_data("smoke", ROOT)
         params["prepare"].update(source="imagenet", path=str(src))
         listing = project(work / "listing", {
             "list_source": {"cmd": f"{sys.executable} -m pipeline.stage list_source",

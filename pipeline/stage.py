@@ -1,9 +1,11 @@
 """Run one DVC stage: ``python -m pipeline.stage NAME [--params FILE] [--debug]`` (what ``dvc.yaml``
 calls; ``vfmtok-pipeline NAME`` is the same).
 
-This entry imports only the stage's own module, so a stage process loads exactly the code listed
-as its ``deps`` in ``dvc.yaml`` (``pipeline/commands/deps.py`` checks that). A user error prints one
-``error:`` line and exits with 2; ``--debug`` (or ``VFMTOK_DEBUG=1``) shows the traceback.
+The stages are the ``stages:`` of ``dvc.yaml`` (:func:`names`); stage ``NAME``'s code is the
+module ``pipeline.stages.NAME``. This entry imports only that module, so a stage process loads
+exactly the code listed as its ``deps`` in ``dvc.yaml`` (``pipeline/commands/deps.py`` checks
+that). A user error prints one ``error:`` line and exits with 2; ``--debug`` (or
+``VFMTOK_DEBUG=1``) shows the traceback.
 """
 
 from __future__ import annotations
@@ -12,13 +14,31 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from pipeline import errors
 from pipeline.orchestration import prefect_env
 from pipeline.orchestration.lazy_prefect import folded
 
-STAGES = ["list_source", "prepare", "extract_features", "train_tokenizer", "tokenize", "train_ar", "sample",
-          "evaluate"]
+DVC_YAML = Path(__file__).resolve().parent.parent / "dvc.yaml"
+
+
+def names(dvc_yaml: Path = DVC_YAML) -> list[str]:
+    """The stage names, in ``dvc.yaml``'s order: the keys of its ``stages:``.
+
+    The ``dvc.yaml`` is the one next to this package, not ``--root``'s: it is the file that
+    names this code's stage modules (``pipeline/stages/NAME.py``, tests/test_cli.py checks
+    the pairs), and the command line is built before ``--root`` is parsed. A project folder
+    given with ``--root`` runs the same stages, from its own ``dvc.yaml``'s paths.
+    """
+    import yaml
+
+    try:
+        text = dvc_yaml.read_text()
+    except OSError as e:
+        raise errors.UserError(f"{dvc_yaml}: cannot read the pipeline's stages ({e.strerror})") from None
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml where PyYAML has it: 10x faster
+    return list(yaml.load(text, Loader=loader)["stages"])
 
 
 def module_name(stage: str) -> str:
@@ -67,7 +87,7 @@ def run(stage: str, params_file: str = "params.yaml", root: str = ".") -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.stage", description=__doc__)
-    parser.add_argument("stage", choices=STAGES)
+    parser.add_argument("stage", choices=names())
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--root", default=".")
     parser.add_argument("--debug", action="store_true", help="full tracebacks for user errors")

@@ -95,7 +95,7 @@ def ours(ref: dict) -> dict[str, float]:
     from types import SimpleNamespace
 
     from vfmtok import released_weights as pw
-    from vfmtok.config import GPTConfig
+    from vfmtok.generator_config import GPTConfig
     from vfmtok.gpt import GPT
     from vfmtok.tokenizer import build_tokenizer
 

@@ -9,13 +9,14 @@ import torch
 import yaml
 
 from pipeline.cli import main
-from pipeline.commands.check import build_models, check_models
-from pipeline.params import load_params, profile_path
+from pipeline.commands.model_check import build_models, check_models
+from pipeline.params import load_params
+from pipeline.params.profiles import load_profile, profile_data, profile_names, write_profile
 from tests.conftest import FASHION_MNIST, REPO
 
 
 def _write(tmp_path, profile: str, mutate) -> str:
-    data = yaml.safe_load(profile_path(profile, REPO).read_text())
+    data = profile_data(profile, REPO)
     mutate(data)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -54,15 +55,15 @@ def test_a_rule_of_a_built_model_is_one_line_naming_the_key(tmp_path, capsys, pr
     assert rc == 0 and line == f"{path}: ok"
 
 
-@pytest.mark.parametrize("profile", sorted(p.stem for p in (REPO / "params").glob("*.yaml")))
-def test_every_profile_checks_ok(capsys, profile):
-    path = str(profile_path(profile, REPO))
+@pytest.mark.parametrize("profile", profile_names(REPO))
+def test_every_profile_checks_ok(tmp_path, capsys, profile):
+    path = str(write_profile(profile, REPO, tmp_path / "params.yaml", check_paths=False))
     assert _check(capsys, path, "--no-paths") == (0, f"{path}: ok")
 
 
 def test_models_are_built_as_configured_without_reading_weights():
     """The imagenet profile's files do not exist here: the meta build reads none of them."""
-    params = load_params(profile_path("imagenet", REPO), check_paths=False)
+    params = load_profile("imagenet", REPO, check_paths=False)
     models = build_models(params)
     assert next(models.tokenizer.parameters()).is_meta and next(models.generator.parameters()).is_meta
     assert models.backbone.level_shapes == [(24, 24)] * 4 and models.backbone.level_channels == [1024] * 4

@@ -3,7 +3,7 @@
 Every profile in ``params/`` and a few hundred seeded random edits of them (one to three fields at
 a time, to plausible values: small integers, divisors and non-divisors, other choices and zoo
 names, other taps and levels, another launch size) go through ``check`` (``load_params``, then
-``pipeline.commands.check.check_models``) and through the models the stages build from them, the way
+``pipeline.commands.model_check.check_models``) and through the models the stages build from them, the way
 the stages build them (:func:`stage_models`: on the CPU with one tiny forward where that is cheap,
 on the meta device otherwise). A stage that fails where check passed is a hole in check; a stage
 that fails with anything but a ``ConfigError`` where check failed would print a traceback
@@ -22,8 +22,9 @@ import pytest
 import torch
 import yaml
 
-from pipeline.commands.check import check_models
+from pipeline.commands.model_check import check_models
 from pipeline.params import Params, load_params
+from pipeline.params.profiles import profile_data, profile_names
 from tests.conftest import REPO
 from vfmtok import distributed, zoo
 from vfmtok.backbones import build_backbone
@@ -33,7 +34,7 @@ from vfmtok.losses import TokenizerLoss
 from vfmtok.sampling import generate, sample_logits, sample_seeds
 from vfmtok.tokenizer import build_tokenizer
 
-PROFILES = sorted(p.stem for p in (REPO / "params").glob("*.yaml"))
+PROFILES = profile_names(REPO)
 N_EDITS, SEED = 200, 20240607
 # The paper-scale profiles build on the meta device only (seconds each): fewer edits start there.
 PROFILE_WEIGHTS = {"smoke": 4, "demo": 3, "claims": 2, "imagenet": 1, "imagenet_release": 1}
@@ -98,7 +99,7 @@ _BASES: dict[str, dict] = {}
 
 
 def _read_base(name: str) -> dict:
-    data = yaml.safe_load((REPO / "params" / f"{name}.yaml").read_text())
+    data = profile_data(name, REPO)
     for section in ("backbone", "judge"):
         data[section].update(weights="random", allow_random_init=True)
     loss = data["train_tokenizer"]["loss"]
@@ -186,7 +187,7 @@ def stage_models(params: Params, world: int) -> None:
                  lambda: on(TokenizerLoss, params.train_tokenizer.loss, backbone))
     gen_cfg = params.ar_model.model_config(t.codebook_size, t.n_tokens, 10)
     generator = _once((dev, type(gen_cfg).__name__, to_dict(gen_cfg)),
-                      lambda: on(zoo.build_generator, gen_cfg))
+                      lambda: on(zoo.build_from_config, gen_cfg))
     judge = _once((dev, to_dict(params.judge)), lambda: on(build_backbone, params.judge))
     s = params.sample  # vfmtok.sampling.sample_logits with the sample stage's settings
     sample_logits(torch.randn(2, 7), s.temperature, s.top_k, s.top_p)
@@ -211,7 +212,7 @@ def _one_step(params: Params, world: int, backbone, tokenizer, loss, generator, 
     tokenizer.decode(ids)
     n, vocab = generator.config.n_tokens, generator.config.vocab_size
     tokens, labels = torch.randint(0, vocab, (2, n)), torch.zeros(2, dtype=torch.long)
-    step = zoo.training_step(generator, params.train_ar)
+    step = generator.step_fn(params.train_ar)
     generator.train()
     step(generator, tokens, labels, 0) if step else generator(tokens, labels, targets=tokens)
     s = params.sample
@@ -256,11 +257,11 @@ def outcome(tmp_path: Path, data: dict, world: int, monkeypatch) -> tuple[str, s
 
 @pytest.fixture
 def check_builds_once(monkeypatch):
-    """check's builders (``pipeline.commands.check``'s names for them) behind :func:`_once`."""
-    from pipeline.commands import check as buildcheck
+    """check's builders (``pipeline.commands.model_check``'s names for them) behind :func:`_once`."""
+    from pipeline.commands import model_check as buildcheck
 
     real = {name: getattr(buildcheck, name)
-            for name in ("build_backbone", "build_tokenizer", "TokenizerLoss", "build_generator")}
+            for name in ("build_backbone", "build_tokenizer", "TokenizerLoss", "build_from_config")}
 
     def key(*configs):
         return ("check", *(c and (type(c).__name__, to_dict(c)) for c in configs))
@@ -278,10 +279,10 @@ def check_builds_once(monkeypatch):
         return _once(key(cfg, config(backbone)), lambda: real["TokenizerLoss"](cfg, backbone))
 
     def gen(cfg):
-        return _once(key(cfg), lambda: real["build_generator"](cfg))
+        return _once(key(cfg), lambda: real["build_from_config"](cfg))
 
     for name, fn in (("build_backbone", bb), ("build_tokenizer", tok), ("TokenizerLoss", loss),
-                     ("build_generator", gen)):
+                     ("build_from_config", gen)):
         monkeypatch.setattr(buildcheck, name, fn)
 
 

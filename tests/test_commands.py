@@ -17,8 +17,7 @@ from pipeline.commands import generate, reconstruct, summary
 from pipeline.formats import prepared
 from pipeline.layout import Layout
 from tests.helpers import tiny_tokenizer_config
-from vfmtok import files
-from vfmtok.gpt import build_gpt
+from vfmtok import files, zoo
 from vfmtok.tokenizer import build_tokenizer
 
 CLASSES = [{"label": i, "key": k, "name": n} for i, (k, n) in enumerate(
@@ -33,7 +32,7 @@ def root(tmp_path_factory):
     torch.manual_seed(0)
     tok = build_tokenizer(tiny_tokenizer_config("vqgan", vqgan_ch=8, vqgan_mult=[1, 1, 2, 2, 2])).eval()
     tok.save_pretrained(layout.tokenizer)
-    gpt = build_gpt("GPT-Tiny", vocab_size=tok.codebook_size, n_tokens=tok.n_tokens, num_classes=len(CLASSES),
+    gpt = zoo.build("GPT-Tiny", vocab_size=tok.codebook_size, n_tokens=tok.n_tokens, num_classes=len(CLASSES),
                     class_dropout=0.1, token_dropout=0.0, resid_dropout=0.0, attn_dropout=0.0)
     torch.nn.init.normal_(gpt.output.weight, std=0.5)  # far from uniform: seeds matter
     gpt.save_pretrained(layout.generator, name="GPT-Tiny")
@@ -70,11 +69,22 @@ def test_generate_writes_a_seeded_grid(root, tmp_path, capsys):
     assert a.read_bytes() == b.read_bytes() and a.read_bytes() != c.read_bytes()
 
 
+def test_generate_samples_from_a_rar_folder_too(root, tmp_path, capsys):
+    """``--generator`` takes either family's folder: its config.json says which."""
+    gpt = zoo.from_pretrained(Layout(root).generator).config
+    rar = zoo.build("RAR-Tiny", vocab_size=gpt.vocab_size, n_tokens=gpt.n_tokens, num_classes=len(CLASSES))
+    rar.save_pretrained(tmp_path / "rar", name="RAR-Tiny")
+    out = tmp_path / "rar.png"
+    assert main(["--root", str(root), "generate", "--class", "0", "-n", "2", "--generator",
+                 str(tmp_path / "rar"), "--out", str(out), "--device", "cpu"]) == 0
+    assert "2 samples of class 0 (T-shirt/top)" in capsys.readouterr().out and out.is_file()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--class", "sock"], "no such class"),
     (["--class", "1", "-n", "0"], "-n 0: must be >= 1"),
     (["--class", "1", "--top-p", "0"], "--top-p 0.0: must be in (0, 1]"),
-    (["--class", "1", "--gpt", "/nonexistent/gpt"], "/nonexistent/gpt/config.json: not found"),
+    (["--class", "1", "--generator", "/nonexistent/gen"], "/nonexistent/gen/config.json: not found"),
 ])
 def test_generate_bad_input_is_one_line_and_writes_nothing(root, tmp_path, capsys, args, message):
     out = tmp_path / "grid.png"

@@ -23,14 +23,14 @@ from pipeline.formats.tokens import TokenFile
 from pipeline.training_inputs.token_stream import TokenStream
 from tests.helpers import CachedImages, tiny_tokenizer_config, write_token_file
 from vfmtok import distributed as D
+from vfmtok import zoo
 from vfmtok.backbones import build_backbone
+from vfmtok.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from vfmtok.config import ARTrainConfig, BackboneConfig, LossConfig, TokenizerTrainConfig
 from vfmtok.generator_training import train_ar
-from vfmtok.gpt import build_gpt
 from vfmtok.losses import TokenizerLoss
 from vfmtok.tokenizer import build_tokenizer
 from vfmtok.tokenizer_training import train_tokenizer
-from vfmtok.training import CHECKPOINT_NAME, load_checkpoint
 
 CPU = torch.device("cpu")
 GLOBAL_BATCH, WORLD = 8, 2
@@ -70,7 +70,7 @@ class GlobalStream:
 
 def ar_run(ckpt: Path, data, steps: int, parallel: str = "auto") -> tuple[list[float], torch.nn.Module]:
     torch.manual_seed(0)
-    model = build_gpt("GPT-Tiny", vocab_size=64, n_tokens=16, num_classes=4, class_dropout=0.0,
+    model = zoo.build("GPT-Tiny", vocab_size=64, n_tokens=16, num_classes=4, class_dropout=0.0,
                       token_dropout=0.0, resid_dropout=0.0)
     cfg = ARTrainConfig(steps=steps, batch_size=GLOBAL_BATCH, lr=1e-3, warmup_steps=1,
                         checkpoint_every=2, parallel=parallel)
@@ -233,7 +233,7 @@ def test_two_process_gloo_matches_one_process(tmp_path, one_thread):
     assert (r0["tok_digest"], r0["disc_digest"]) == (r1["tok_digest"], r1["disc_digest"])  # in sync
     tok = load_checkpoint(tmp_path / "tok_ddp" / CHECKPOINT_NAME)
     assert digest(tok["model"]) == r0["tok_digest"] and tok["step"] == 3
-    assert digest(tok["discriminator"]) == r0["disc_digest"] != digest(disc_init)  # D trained
+    assert digest(tok["extras"]["discriminator"]) == r0["disc_digest"] != digest(disc_init)  # D trained
 
 
 def test_single_process_helpers():
@@ -273,7 +273,7 @@ def test_sync_batchnorm_leaves_the_frozen_backbone_alone():
 
 def test_fsdp_auto_threshold_is_gpt_xl():
     with torch.device("meta"):
-        sizes = {n: sum(p.numel() for p in build_gpt(n, num_classes=1000).parameters())
+        sizes = {n: sum(p.numel() for p in zoo.build(n, num_classes=1000).parameters())
                  for n in ("GPT-L", "GPT-XL")}
     assert sizes["GPT-L"] < D.FSDP_MIN_PARAMS <= sizes["GPT-XL"]
 
@@ -287,7 +287,7 @@ def test_compile_switch_compiles_the_forward_only(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     f = token_file(tmp_path / "t.parquet")
-    model = build_gpt("GPT-Tiny", vocab_size=64, n_tokens=16, num_classes=4)
+    model = zoo.build("GPT-Tiny", vocab_size=64, n_tokens=16, num_classes=4)
     cfg = ARTrainConfig(steps=1, batch_size=8, lr=1e-3, compile=True)
     train_ar(model, TokenStream(f, 8, 0), cfg, tmp_path / "ckpt", CPU)
     assert compiled == [model]
@@ -296,7 +296,7 @@ def test_compile_switch_compiles_the_forward_only(tmp_path, monkeypatch):
 
 def test_rows_per_rank_must_make_the_global_batch(tmp_path):
     f = token_file(tmp_path / "t.parquet")
-    model = build_gpt("GPT-Tiny", vocab_size=64, n_tokens=16, num_classes=4)
+    model = zoo.build("GPT-Tiny", vocab_size=64, n_tokens=16, num_classes=4)
     cfg = ARTrainConfig(steps=1, batch_size=8, lr=1e-3)
     with pytest.raises(ValueError, match="global batch_size 8"):
         train_ar(model, TokenStream(f, 4, 0), cfg, tmp_path / "ckpt", CPU)  # a per-rank stream, 1 rank
@@ -308,7 +308,7 @@ def test_compiled_bf16_training_on_cuda(tmp_path):
     losses = {}
     for compile_ in (False, True):
         torch.manual_seed(0)
-        model = build_gpt("GPT-Tiny", vocab_size=64, n_tokens=16, num_classes=4, class_dropout=0.0,
+        model = zoo.build("GPT-Tiny", vocab_size=64, n_tokens=16, num_classes=4, class_dropout=0.0,
                           token_dropout=0.0, resid_dropout=0.0).cuda()
         cfg = ARTrainConfig(steps=3, batch_size=8, lr=1e-3, compile=compile_)
         log: list[float] = []

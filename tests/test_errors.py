@@ -15,13 +15,13 @@ import yaml
 
 from pipeline import stage
 from pipeline.formats import prepared
-from pipeline.params import profile_path
+from pipeline.params.profiles import profile_data
 from tests.conftest import FASHION_MNIST, REPO
 from tests.helpers import write_token_file
 
 
 def _project(tmp_path: Path, **prepare) -> Path:
-    params = yaml.safe_load(profile_path("smoke", REPO).read_text())
+    params = profile_data("smoke", REPO)
     params["prepare"].update(prepare)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return tmp_path
@@ -109,14 +109,14 @@ def test_a_generator_folder_of_the_other_family_or_size_is_refused(tmp_path):
     from vfmtok.rar import RAR
 
     def params_with(model: str):
-        params = yaml.safe_load(profile_path("smoke", REPO).read_text())
+        params = profile_data("smoke", REPO)
         params["ar_model"]["model"] = model
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
         return load_params(tmp_path / "params.yaml", check_paths=False)
 
     rar_params, layout = params_with("RAR-Tiny"), Layout(tmp_path)
     t = rar_params.tokenizer
-    model = zoo.build_generator(rar_params.ar_model.model_config(t.codebook_size, t.n_tokens, 10))
+    model = zoo.build_from_config(rar_params.ar_model.model_config(t.codebook_size, t.n_tokens, 10))
     model.save_pretrained(layout.generator, name="RAR-Tiny")
     assert isinstance(load_generator(layout, rar_params, 10, "cpu"), RAR)
     with pytest.raises(ConfigError, match="format = 'vfmtok.rar': expected 'vfmtok.gpt'"):

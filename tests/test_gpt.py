@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from vfmtok.config import GPTConfig
+from vfmtok import zoo
 from vfmtok.config_schema import ConfigError, validate
-from vfmtok.gpt import GPT, GPT_MODELS, build_gpt, rope_2d_tables
+from vfmtok.generator_config import GPTConfig
+from vfmtok.gpt import GPT, rope_2d_tables
 from vfmtok.training import num_params
 from vfmtok.transformer import ClassEmbedder, apply_rope
 
@@ -18,7 +19,7 @@ NO_DROPOUT = dict(class_dropout=0.0, token_dropout=0.0, resid_dropout=0.0, attn_
 
 def tiny(**kw):
     torch.manual_seed(0)
-    return build_gpt("GPT-Tiny", **{"vocab_size": 64, "n_tokens": 16, "num_classes": 10, **NO_DROPOUT, **kw})
+    return zoo.build("GPT-Tiny", **{"vocab_size": 64, "n_tokens": 16, "num_classes": 10, **NO_DROPOUT, **kw})
 
 
 @pytest.mark.parametrize(
@@ -27,7 +28,7 @@ def tiny(**kw):
 )
 def test_param_counts_match_llamagen(name, expected):
     with torch.device("meta"):
-        model = build_gpt(name, vocab_size=16384, n_tokens=256, num_classes=1000)
+        model = zoo.build(name, vocab_size=16384, n_tokens=256, num_classes=1000)
     assert all(p.is_meta for p in model.parameters())
     n = num_params(model)
     assert abs(n - expected) / expected < 0.02, f"{name}: {n / 1e6:.1f}M vs {expected / 1e6:.0f}M"
@@ -35,14 +36,15 @@ def test_param_counts_match_llamagen(name, expected):
 
 def test_zoo_sizes_and_registry():
     with torch.device("meta"):
-        big = {n: build_gpt(n, num_classes=1000) for n in ("GPT-2B", "GPT-3B")}
+        big = {n: zoo.build(n, num_classes=1000) for n in ("GPT-2B", "GPT-3B")}
     assert (big["GPT-2B"].config.n_layer, big["GPT-2B"].config.dim) == (48, 1920)
     assert (big["GPT-3B"].config.n_layer, big["GPT-3B"].config.dim) == (24, 3200)
     assert abs(num_params(big["GPT-3B"]) - 3.1e9) / 3.1e9 < 0.02
-    assert set(GPT_MODELS) >= {"GPT-Tiny", "GPT-Small", "GPT-B", "GPT-L", "GPT-XL", "GPT-XXL"}
-    with pytest.raises(ValueError, match="unknown GPT"):
-        build_gpt("GPT-Huge")
-    model = build_gpt("GPT-Small", vocab_size=100, n_tokens=64, num_classes=7)
+    gpts = {n for n in zoo.names() if n.startswith("GPT-")}
+    assert gpts >= {"GPT-Tiny", "GPT-Small", "GPT-B", "GPT-L", "GPT-XL", "GPT-XXL"}
+    with pytest.raises(ConfigError, match="GPT-Huge.*must be one of"):
+        zoo.build("GPT-Huge")
+    model = zoo.build("GPT-Small", vocab_size=100, n_tokens=64, num_classes=7)
     assert model.cls_embedding.table.num_embeddings == 8  # + null class
     assert model.output.out_features == 100 and model.rope_cos.shape[0] == 65
 

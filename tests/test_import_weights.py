@@ -15,7 +15,8 @@ import torch
 from pipeline.commands import import_weights
 from pipeline.layout import Layout
 from pipeline.models.trained import load_generator, load_tokenizer
-from pipeline.params import load_params, profile_path
+from pipeline.params import load_params
+from pipeline.params.profiles import load_profile, profile_text
 from tests.conftest import REPO
 from tests.helpers import tiny_tokenizer_config
 from vfmtok import released_weights as pw
@@ -147,7 +148,7 @@ def test_round_trip_through_import_weights_into_the_stage_loaders(tmp_path):
     torch.save({"ema": gpt_sd, "args": argparse.Namespace(gpt_model="GPT-B")}, tmp_path / "GPT-B-300e.pt")
     (tmp_path / "dinov2.safetensors").write_bytes(b"a stand-in: the loaders get the backbone passed in")
     params = tmp_path / "params.yaml"
-    text = profile_path("imagenet_release", REPO).read_text()
+    text = profile_text("imagenet_release", REPO)
     params.write_text(text.replace("/data/weights/dinov2_vitl14_reg4.safetensors",
                                    str(tmp_path / "dinov2.safetensors")))
 
@@ -192,7 +193,7 @@ def test_params_that_would_refuse_the_imports_are_named(tmp_path):
     backbone = BackboneConfig(**pw.BACKBONE, weights="/w.safetensors")
     imported = [import_weights.Imported(tmp_path, "", {"tokenizer": to_dict(pw.tokenizer_config()),
                                                        "backbone": to_dict(backbone)})]
-    p = load_params(profile_path("imagenet", REPO), check_paths=False)
+    p = load_profile("imagenet", REPO, check_paths=False)
     diffs = import_weights.params_differences(p, imported)
     assert "tokenizer.n_registers: 4 in params, 0 imported" in diffs
     assert "tokenizer.enc_pos_on_values: False in params, True imported" in diffs

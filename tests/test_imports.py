@@ -1,11 +1,13 @@
 """The package boundaries hold: ``vfmtok`` imports alone (no DVC, no Prefect, no pipeline) and
-validating params (``check --no-build``) imports neither torch nor Prefect."""
+the cheap commands (``--help``, ``profile``, ``check --no-build``, ``deps``, ``summary``) import
+neither torch nor Prefect, although ``--help`` imports every command module."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
+from pipeline.params.profiles import profile_text
 from tests.conftest import REPO
 
 
@@ -21,15 +23,23 @@ def test_vfmtok_imports_without_pipeline_dvc_or_prefect():
     assert "torch" in loaded and not loaded & {"pipeline", "dvc", "prefect", "dvclive"}
 
 
-def test_check_and_profile_import_neither_torch_nor_prefect(tmp_path):
+def test_the_cheap_commands_import_neither_torch_nor_prefect(tmp_path):
     (tmp_path / "params").mkdir()
-    (tmp_path / "params" / "smoke.yaml").write_text((REPO / "params" / "smoke.yaml").read_text())
-    code = (f"from pipeline.cli import main\n"
-            f"assert main(['--root', {str(tmp_path)!r}, 'profile', 'smoke']) == 0\n"
-            f"assert main(['check', '--no-build', {str(tmp_path / 'params.yaml')!r}]) == 0")
+    for name in ("base", "smoke"):
+        (tmp_path / "params" / f"{name}.yaml").write_text((REPO / "params" / f"{name}.yaml").read_text())
+    code = (f"import contextlib, io\n"
+            f"from pipeline.cli import main\n"
+            f"with contextlib.redirect_stdout(io.StringIO()):\n"  # only the module names on stdout
+            f"    with contextlib.suppress(SystemExit):\n"
+            f"        main(['--help'])\n"
+            f"    assert main(['--root', {str(tmp_path)!r}, 'profile', 'smoke']) == 0\n"
+            f"    assert main(['check', '--no-build', {str(tmp_path / 'params.yaml')!r}]) == 0\n"
+            f"    assert main(['--root', {str(tmp_path)!r}, 'summary']) == 0\n"
+            f"    assert main(['--root', {str(REPO)!r}, 'deps']) == 0")
     loaded = _modules_after(code)
-    assert not loaded & {"torch", "prefect", "timm", "dvc"}, loaded & {"torch", "prefect", "timm", "dvc"}
-    assert (tmp_path / "params.yaml").read_text() == (REPO / "params" / "smoke.yaml").read_text()
+    heavy = {"torch", "prefect", "timm", "dvc", "pandas"}
+    assert not loaded & heavy, loaded & heavy
+    assert (tmp_path / "params.yaml").read_text() == profile_text("smoke", tmp_path)
 
 
 def test_a_stage_process_imports_only_what_it_uses():

@@ -1,16 +1,12 @@
 """The flows over a tiny DVC project: DAG order from dvc.yaml, retries, stage times, artifacts,
-stages folded into their tasks, and the retrain (isolated clone, promotion gate).
-
-Runs in Prefect's ephemeral mode (the test session's throw-away PREFECT_HOME); the stages are
-one-line Python commands, so each `dvc repro --single-item` costs about a second.
+stages folded into their tasks, and the retrain (isolated clone, promotion gate). Prefect runs in
+ephemeral mode; the stages are one-line Python commands (a `dvc repro --single-item` ~1 s each).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import os
 import re
 import subprocess
 import sys
@@ -27,13 +23,10 @@ from pipeline.orchestration import (
     dag,
     dvc_stages,
     flows,
-    lazy_prefect,
     metrics_artifacts,
     promotion,
-    relay,
-    stage_process,
 )
-from pipeline.params import PromoteParams
+from pipeline.params.profiles import profile_text
 from pipeline.reporting import stage_times
 from tests.conftest import FASHION_MNIST
 from vfmtok.config_schema import ConfigError
@@ -245,7 +238,7 @@ def test_diff_markdown_lists_only_changes_and_rows_are_strict_json():
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="dataset-fashion-mnist not installed")
 def test_params_overrides_use_dvc_grammar_and_are_validated(tmp_path):
     params = tmp_path / "params.yaml"
-    params.write_text((REPO / "params" / "smoke.yaml").read_text())
+    params.write_text(profile_text("smoke", REPO))
     flows.apply_params(tmp_path, ["prepare.max_per_class_val=3", "extract_features.splits=[val]"])
     data = yaml.safe_load(params.read_text())
     assert data["prepare"]["max_per_class_val"] == 3 and data["extract_features"]["splits"] == ["val"]
@@ -256,75 +249,11 @@ def test_params_overrides_use_dvc_grammar_and_are_validated(tmp_path):
     assert params.read_text() == before
 
 
-def test_output_segments_split_lines_and_progress_redraws():
-    class Trickle(io.BytesIO):  # one byte per read: every boundary case of a pipe
-        def read1(self, n: int = -1) -> bytes:
-            return super().read1(1)
-
-    data = b"Running stage 'x':\n\r 10%|#  \r 50%|## \r100%|###\nwin\r\nlast"
-    assert list(relay.segments(Trickle(data))) == [
-        ("Running stage 'x':", False), ("", True), (" 10%|#", True), (" 50%|##", True),
-        ("100%|###", False), ("win", False), ("last", False),
-    ]
-
-
-def test_stage_processes_get_no_run_variables(monkeypatch):
-    monkeypatch.setenv("PREFECT__FLOW_RUN_ID", "x")
-    monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "WARNING")
-    env = dvc_stages.child_env("http://127.0.0.1:1/api")
-    assert "PREFECT__FLOW_RUN_ID" not in env and env["PREFECT_API_URL"] == "http://127.0.0.1:1/api"
-    assert env["PREFECT_LOGGING_LEVEL"] == "INFO" and env[lazy_prefect.FOLD_ENV] == "1"
-    assert "%(asctime)" not in str(relay.child_log_env())
-    monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "DEBUG")
-    debug = dvc_stages.child_env(None)
-    assert debug["PREFECT_LOGGING_LEVEL"] == "DEBUG"
-    assert debug.get("PREFECT_API_URL") == os.environ.get("PREFECT_API_URL")  # None: left as it is
-    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
-
-
-def test_relay_logs_each_line_once_and_cuts_bars_off_log_records():
-    class Capture(logging.Handler):
-        def __init__(self):
-            super().__init__()
-            self.records: list[logging.LogRecord] = []
-
-        def emit(self, record):
-            self.records.append(record)
-
-    logger = logging.getLogger("test.relay")
-    logger.propagate, logger.level = False, logging.DEBUG
-    cap = Capture()
-    logger.addHandler(cap)
-    now = [0.0]
-    r = relay.Relay(logger, clock=lambda: now[0])
-    stream = (b"Running stage 'x':\n\r 10%|#  \r 20%|## "  # a bar, then a record closes it
-              b"INFO    | Flow run 'y' - hello\n\r 30%|###   "
-              b"INFO    | Task run 'z' - later\n"
-              b"[vfmtok] stage x: work 1.500 s, imports 0.250 s, prefect 2.000 s\n"
-              b"WARNING | Task run 't' - careful\n"
-              b"INFO    | a folded stage's record\n")
-    for text, redraw in relay.segments(io.BytesIO(stream)):
-        r.feed(text, redraw)
-        if "hello" in text:
-            now[0] += relay.PROGRESS_EVERY_S
-    got = [(rec.levelname, rec.getMessage(), getattr(rec, "send_to_api", True)) for rec in cap.records]
-    assert got == [
-        ("INFO", "Running stage 'x':", True),
-        ("INFO", "10%|#", True),  # the first state at once, the next within PROGRESS_EVERY_S dropped
-        ("INFO", "Flow run 'y' - hello", False),  # a Prefect run's own record: terminal only
-        ("INFO", "30%|###", True),  # PROGRESS_EVERY_S later: the bar's state, cut off the record
-        ("INFO", "Task run 'z' - later", False),
-        ("INFO", "[vfmtok] stage x: work 1.500 s, imports 0.250 s, prefect 2.000 s", True),
-        ("WARNING", "Task run 't' - careful", False),
-        ("INFO", "a folded stage's record", True),  # reaches the API only through the relay
-    ]
-    assert r.times == [stage_process.ProcessTimes("x", 1.5, 0.25, 2.0)]
-
-
 TINY_FLOW = """
 import sys
 import time
 from pipeline.orchestration.lazy_prefect import flow, get_run_logger, task
+from pipeline.params.profiles import profile_text
 
 @task()
 def step():
@@ -451,21 +380,3 @@ def test_retrain_leaves_the_checkout_alone_and_promotes_only_a_better_model(tiny
 
 def _flow_run_name_of(result: dict) -> str:
     return result["stages"][0]["run"]
-
-
-def test_promotion_gate_needs_a_real_improvement_by_the_margin():
-    lower = PromoteParams(metric="gfid", mode="min", min_delta=1.0)
-    assert promotion.judge(9.0, 10.5, lower)[0] and not promotion.judge(9.8, 10.5, lower)[0]
-    assert "only by 0.7" in promotion.judge(9.8, 10.5, lower)[1]
-    assert not promotion.judge(11.0, 10.5, lower)[0] and not promotion.judge(10.5, 10.5, lower)[0]
-    assert promotion.judge(5.0, None, lower) == (True, "no current model with a finite gfid to compare with")
-    assert not promotion.judge(float("nan"), 3.0, lower)[0] and not promotion.judge(None, 3.0, lower)[0]
-    higher = PromoteParams(metric="acc", mode="max", min_delta=0.0)
-    assert promotion.judge(0.6, 0.5, higher)[0] and not promotion.judge(0.5, 0.5, higher)[0]
-    metrics = {"reports/metrics.json": {"gfid": 3.5, "kind": "x"},
-               "reports/a.json": {"val_loss": 2, "seconds": 1}, "reports/b.json": {"seconds": 4}}
-    assert promotion.lookup(metrics, "gfid") == 3.5 and promotion.lookup(metrics, "val_loss") == 2.0
-    assert promotion.lookup(metrics, "reports/b.json:seconds") == 4.0
-    assert promotion.lookup(metrics, "kind") is None and promotion.lookup(metrics, "nope") is None
-    with pytest.raises(ConfigError, match="promote.metric = 'seconds': in several metrics files"):
-        promotion.lookup(metrics, "seconds")

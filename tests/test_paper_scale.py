@@ -12,7 +12,7 @@ import dataclasses
 import pytest
 import torch
 
-from pipeline.params import load_params
+from pipeline.params.profiles import load_profile
 from tests.conftest import REPO
 from vfmtok import distributed, zoo
 from vfmtok.backbones import build_backbone
@@ -23,7 +23,7 @@ from vfmtok.tokenizer import build_tokenizer
 
 @pytest.fixture(scope="module")
 def params():
-    return load_params(REPO / "params" / "imagenet.yaml", check_paths=False)
+    return load_profile("imagenet", REPO, check_paths=False)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_rar_zoo_with_the_profile(params, name):
     ar_model = dataclasses.replace(params.ar_model, model=name)
     cfg = ar_model.model_config(params.tokenizer.codebook_size, params.tokenizer.n_tokens, num_classes=1000)
     with torch.device("meta"):
-        model = zoo.build_generator(cfg)
+        model = zoo.build_from_config(cfg)
     assert isinstance(model, RAR) and model.config.vocab_size == 16384 and model.config.n_tokens == 256
     n = sum(q.numel() for q in model.parameters())
     expected = published + (16384 - 1024) * (2 * cfg.dim + 1)

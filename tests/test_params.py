@@ -11,14 +11,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.params import Params, load_params, profile_path
+from pipeline.params import Params, load_params
+from pipeline.params.profiles import load_profile, profile_data
 from vfmtok.config_schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _write(tmp_path: Path, mutate) -> Path:
-    data = yaml.safe_load(profile_path("smoke", REPO).read_text())
+    data = profile_data("smoke", REPO)
     mutate(data)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -35,12 +36,12 @@ def _error(tmp_path: Path, mutate) -> ConfigError:
 
 @pytest.mark.parametrize("name", ["demo", "claims", "smoke", "imagenet"])
 def test_every_profile_validates_and_sizes_come_from_the_resolution(name):
-    p = load_params(profile_path(name, REPO), check_paths=False)
+    p = load_profile(name, REPO, check_paths=False)
     assert p.backbone.image_size == p.tokenizer.image_size == p.prepare.resolution
 
 
 def test_imagenet_profile_is_the_paper_setup():
-    p = load_params(profile_path("imagenet", REPO), check_paths=False)
+    p = load_profile("imagenet", REPO, check_paths=False)
     assert p.backbone.model == "vit_large_patch14_reg4_dinov2"
     assert p.backbone.taps == [6, 12, 18, 24] and p.prepare.resolution == 336
 
@@ -206,7 +207,7 @@ def test_every_float_must_be_finite(tmp_path, capsys, key, is_list, value):
 def test_a_model_folder_config_json_must_be_finite_too(tmp_path, text):
     """config.json sections go through the same conversion (Python's json reads NaN/Infinity)."""
     from vfmtok import model_folder
-    from vfmtok.config import GPTConfig
+    from vfmtok.generator_config import GPTConfig
 
     meta = json.loads('{"gpt": {"ffn_dim_multiplier": TEXT, "norm_eps": 1e-5}}'.replace("TEXT", text))
     with pytest.raises(ConfigError, match="must be a finite number") as info:

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import stage
 from pipeline.orchestration import metrics_artifacts, promotion, server
-from pipeline.stage import STAGES
 from tests import browser
 from tests.conftest import FASHION_MNIST
 
@@ -184,13 +184,13 @@ def test_scheduled_retrain_on_a_real_server(served):
         artifacts = {a.key: a.data for a in found}
         logs = _logs(client, run.id)
         children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id={"any_": [run.id]}))
-        stage_runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=STAGES)))
+        stage_runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=stage.names())))
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
 
     # One run in the UI, a task per stage, each stage folded into its task (no runs of its own).
     assert children == [] and stage_runs == [], "stages must not be flow runs of their own"
     stage_tasks = {t.name.rsplit("-", 1)[0]: t for t in tasks if t.name.startswith("stage ")}
-    assert sorted(stage_tasks) == sorted(f"stage {s}" for s in STAGES)
+    assert sorted(stage_tasks) == sorted(f"stage {s}" for s in stage.names())
     assert all(t.state.is_completed() for t in stage_tasks.values())
     assert any("Running stage 'prepare'" in m for m in logs), "DVC's output must reach the run's log"
     done = [m for m in logs if "train_tokenizer step 6/6 (100%)" in m]
@@ -226,7 +226,7 @@ def test_the_ui_shows_the_run_with_its_stages_in_a_real_browser(served, tmp_path
                            "$ dvc repro --single-item"])
         assert "Can't connect to Server API" not in text
         assert b.click_text("Task Runs")
-        b.wait_for([f"stage {s}" for s in STAGES])
+        b.wait_for([f"stage {s}" for s in stage.names()])
         assert b.click_text("Artifacts")
         b.wait_for([metrics_artifacts.METRICS_KEY, metrics_artifacts.DIFF_KEY, promotion.PROMOTION_KEY])
         shot = b.screenshot(Path(os.environ.get("VFMTOK_UI_SCREENSHOTS", tmp_path)) / "flow-run.png")

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from pipeline.errors import SourceError
 from pipeline.formats import prepared
-from pipeline.params import profile_path
+from pipeline.params.profiles import profile_data
 from pipeline.stages.extract_features import extract_features_flow
 from pipeline.stages.list_source import list_source_flow
 from pipeline.stages.prepare import prepare_flow
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def make_project(tmp: Path, source_root: Path, name: str = "proj", **prepare) -> Path:
-    params = yaml.safe_load(profile_path("smoke", REPO).read_text())
+    params = profile_data("smoke", REPO)
     params["prepare"].update({"source": "imagenet", "path": str(source_root), "devkit": "",
                               "max_per_class_train": 0, "max_per_class_val": 0, "shard_size": 4, **prepare})
     (tmp / name).mkdir()

@@ -11,11 +11,13 @@ import torch
 
 from tests.helpers import assert_equal_to_fp32_rounding
 from vfmtok import model_folder, zoo
-from vfmtok.config import ARTrainConfig, RARConfig, generator_config, generator_family
+from vfmtok.config import ARTrainConfig
 from vfmtok.config_schema import ConfigError, validate
-from vfmtok.gpt import build_gpt
-from vfmtok.rar import RAR, RAR_MODELS, annealed_step, build_rar, random_ratio, sample_orders
+from vfmtok.generator_config import RARConfig, generator_config, generator_family
+from vfmtok.gpt import GPT
+from vfmtok.rar import RAR, annealed_step, random_ratio, sample_orders
 from vfmtok.training import num_params
+from vfmtok.transformer import Generator
 
 V, T, C = 64, 16, 10
 NO_DROPOUT = dict(class_dropout=0.0, token_dropout=0.0, resid_dropout=0.0, attn_dropout=0.0)
@@ -24,7 +26,7 @@ NO_DROPOUT = dict(class_dropout=0.0, token_dropout=0.0, resid_dropout=0.0, attn_
 def make_rar(**kw) -> RAR:
     """A tiny RAR with every weight randomised (the zero adaLN init would hide the blocks)."""
     torch.manual_seed(0)
-    model = build_rar("RAR-Tiny", **{"vocab_size": V, "n_tokens": T, "num_classes": C, **NO_DROPOUT, **kw})
+    model = zoo.build("RAR-Tiny", **{"vocab_size": V, "n_tokens": T, "num_classes": C, **NO_DROPOUT, **kw})
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.1)
@@ -38,21 +40,23 @@ def make_rar(**kw) -> RAR:
 def test_param_counts_match_rar(name, expected):
     """RAR's published counts (1024-code MaskGIT-VQ tokens, 256 per image, ImageNet-1k)."""
     with torch.device("meta"):
-        model = build_rar(name, vocab_size=1024, n_tokens=256, num_classes=1000)
+        model = zoo.build(name, vocab_size=1024, n_tokens=256, num_classes=1000)
     assert all(p.is_meta for p in model.parameters())
     n = num_params(model)
     assert abs(n - expected) / expected < 0.02, f"{name}: {n / 1e6:.1f}M vs {expected / 1e6:.0f}M"
 
 
 def test_zoo_registry_and_family_lookup():
-    assert set(RAR_MODELS) == {"RAR-Tiny", "RAR-B", "RAR-L", "RAR-XL", "RAR-XXL"}
+    rars = {n for n in zoo.names() if n.startswith("RAR-")}
+    assert rars == {"RAR-Tiny", "RAR-B", "RAR-L", "RAR-XL", "RAR-XXL"}
     assert generator_family("RAR-L") == "rar" and generator_family("GPT-L") == "gpt"
     assert generator_family("RAR-Huge") is None
     with pytest.raises(ConfigError, match="must be one of") as e:
         generator_config("RAR-Huge")
     assert "RAR-XXL" in str(e.value) and "GPT-B" in str(e.value)
-    with pytest.raises(ValueError, match="unknown RAR"):
-        build_rar("GPT-B")
+    with pytest.raises(ConfigError, match="must be one of"):
+        zoo.build("RAR-Huge")
+    assert zoo.FAMILIES == {"gpt": GPT, "rar": RAR}  # each family registered by defining its class
     cfg = generator_config("RAR-L", vocab_size=16384)
     assert isinstance(cfg, RARConfig)
     assert (cfg.n_layer, cfg.dim, cfg.mlp_dim, cfg.vocab_size) == (24, 1024, 4096, 16384)
@@ -67,7 +71,7 @@ def test_zoo_registry_and_family_lookup():
 def test_rar_tiny_has_gpt_tinys_parameter_count():
     """The equal-budget pairing of the RAR vs raster comparison (demo: 1024 codes x 16 tokens)."""
     sizes = dict(vocab_size=1024, n_tokens=16, num_classes=10)
-    gpt, rar = num_params(build_gpt("GPT-Tiny", **sizes)), num_params(build_rar("RAR-Tiny", **sizes))
+    gpt, rar = num_params(zoo.build("GPT-Tiny", **sizes)), num_params(zoo.build("RAR-Tiny", **sizes))
     assert abs(rar - gpt) / gpt < 0.02, (rar, gpt)
 
 
@@ -169,7 +173,7 @@ def test_kv_cache_logits_match_full_sequence():
 
 def test_adaln_zero_init_blocks_start_as_identity_and_training_learns():
     torch.manual_seed(0)
-    model = build_rar("RAR-Tiny", vocab_size=V, n_tokens=T, num_classes=C, **NO_DROPOUT)
+    model = zoo.build("RAR-Tiny", vocab_size=V, n_tokens=T, num_classes=C, **NO_DROPOUT)
     assert torch.count_nonzero(model.cls_token) == 0
     x, c = model.embed_inputs(torch.tensor([1, 2]), torch.randint(0, V, (2, T - 1)))
     h = x
@@ -197,8 +201,9 @@ def test_save_pretrained_rebuilds_from_the_folder_alone(tmp_path):
     assert isinstance(loaded, RAR) and loaded.config == model.config and not loaded.training
     idx, labels = torch.randint(0, V, (2, T)), torch.tensor([1, 3])
     torch.testing.assert_close(loaded(idx, labels)[0], model(idx, labels)[0])
-    build_gpt("GPT-Tiny", vocab_size=V, n_tokens=T, num_classes=C).save_pretrained(tmp_path / "gpt")
+    zoo.build("GPT-Tiny", vocab_size=V, n_tokens=T, num_classes=C).save_pretrained(tmp_path / "gpt")
     assert type(zoo.from_pretrained(tmp_path / "gpt")).__name__ == "GPT"
+    assert type(Generator.from_pretrained(tmp_path / "rar")) is RAR  # the base class picks the family
     with pytest.raises(ConfigError, match="expected 'vfmtok.rar'"):
         RAR.from_pretrained(tmp_path / "gpt")
     with pytest.raises(model_folder.ModelFolderError, match="not found"):

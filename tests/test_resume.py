@@ -9,15 +9,16 @@ import torch
 
 from pipeline.training_inputs.token_stream import TokenStream
 from tests.helpers import CachedImages, tiny_tokenizer_config, write_token_file
+from vfmtok import zoo
 from vfmtok.backbones import build_backbone
+from vfmtok.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from vfmtok.config import ARTrainConfig, BackboneConfig, LossConfig, TokenizerTrainConfig
 from vfmtok.generator_training import train_ar
-from vfmtok.gpt import build_gpt
 from vfmtok.losses import TokenizerLoss
-from vfmtok.rar import annealed_step, build_rar
+from vfmtok.rar import annealed_step
 from vfmtok.tokenizer import build_tokenizer
 from vfmtok.tokenizer_training import train_tokenizer
-from vfmtok.training import CHECKPOINT_NAME, StepSampler, load_checkpoint
+from vfmtok.training import StepSampler
 
 
 class Killed(RuntimeError):
@@ -71,7 +72,7 @@ def test_tokenizer_resume_equals_uninterrupted(tmp_path, restart_dead_every):
 
 def _ar_run(tmp, stream, on_log=lambda s, l: None):
     torch.manual_seed(0)
-    model = build_gpt("GPT-Tiny", vocab_size=64, n_tokens=16, num_classes=4)
+    model = zoo.build("GPT-Tiny", vocab_size=64, n_tokens=16, num_classes=4)
     cfg = ARTrainConfig(steps=6, batch_size=8, lr=1e-3, warmup_steps=2, checkpoint_every=2, val_every=3)
     ran = train_ar(model, stream, cfg, tmp, torch.device("cpu"), on_log=on_log,
                    val_batches=lambda: [stream.batch(0)])
@@ -92,7 +93,7 @@ def test_ar_resume_equals_uninterrupted(tmp_path):
 
 def _rar_run(tmp, stream, on_log=lambda s, l: None):
     torch.manual_seed(0)
-    model = build_rar("RAR-Tiny", vocab_size=64, n_tokens=16, num_classes=4)
+    model = zoo.build("RAR-Tiny", vocab_size=64, n_tokens=16, num_classes=4)
     cfg = ARTrainConfig(steps=6, batch_size=8, lr=1e-3, warmup_steps=2, checkpoint_every=2, val_every=3,
                         randomness_anneal_start=1, randomness_anneal_end=5)
     step_fn = annealed_step(cfg.randomness_anneal_start, cfg.randomness_anneal_end)
@@ -116,7 +117,7 @@ def test_rar_resume_mid_annealing_equals_uninterrupted(tmp_path):
     for k, v in ref.state_dict().items():
         assert torch.equal(v, model.state_dict()[k]), k
     torch.manual_seed(0)
-    other = build_rar("RAR-Tiny", vocab_size=64, n_tokens=16, num_classes=4)
+    other = zoo.build("RAR-Tiny", vocab_size=64, n_tokens=16, num_classes=4)
     cfg = ARTrainConfig(steps=6, batch_size=8, lr=1e-3, warmup_steps=2, checkpoint_every=2)
     stream = TokenStream(f, 8, 0)
     train_ar(other, stream, cfg, tmp_path / "d", torch.device("cpu"))  # raster throughout

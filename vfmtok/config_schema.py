@@ -33,6 +33,14 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 NEUTRAL = {"neutral": True}
+
+
+def bounds(lo: float | None = None, hi: float | None = None, **extra) -> dict:
+    """A field's range as metadata (``field(default=..., metadata=bounds(0.0, 1.0))``), which
+    :func:`check_range` enforces."""
+    return {k: v for k, v in (("min", lo), ("max", hi)) if v is not None} | extra
+
+
 FINITE = "must be a finite number"
 _ORIGIN = "_config_origin"  # instance attribute: (dotted key, file or None, {field: source key})
 

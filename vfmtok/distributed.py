@@ -33,8 +33,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from vfmtok.checkpoint import rng_state, set_rng_state
 from vfmtok.device import pick_device
-from vfmtok.training import rng_state, set_rng_state
 
 Parallel = Literal["auto", "ddp", "fsdp"]
 FSDP_MIN_PARAMS = 700_000_000  # "auto" shards GPT-XL (775M) and larger; DDP below

@@ -21,15 +21,12 @@ generator (:mod:`vfmtok.transformer`); the RMSNorm/SwiGLU blocks and the 2D RoPE
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vfmtok.config import GPT_SIZES, GPTConfig
-from vfmtok.config_schema import validate
+from vfmtok.generator_config import GPTConfig
 from vfmtok.transformer import Attention, ClassEmbedder, Generator, embed_step
 
 
@@ -110,12 +107,10 @@ class Block(nn.Module):
 class GPT(Generator):
     """Class-conditional autoregressive transformer over ``n_tokens`` image tokens."""
 
-    folder_kind, config_cls, prefix_len = "gpt", GPTConfig, 1
+    config_cls, prefix_len = GPTConfig, 1
 
     def __init__(self, cfg: GPTConfig):
-        super().__init__()
-        validate(cfg)
-        self.config = cfg
+        super().__init__(cfg)  # validates it, as self.config
         self.cls_embedding = ClassEmbedder(cfg.num_classes, cfg.dim, cfg.class_dropout)
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.tok_dropout = nn.Dropout(cfg.token_dropout)
@@ -184,16 +179,3 @@ class GPT(Generator):
         for layer in self.layers:
             h = layer(h, rope, input_pos, mask)
         return self.output(self.norm(h)).float()
-
-
-# ---------------------------------------------------------------------------------------------
-# The zoo (sizes in vfmtok.config.GPT_SIZES)
-# ---------------------------------------------------------------------------------------------
-def build_gpt(name: str, **overrides) -> GPT:
-    """The zoo entry ``name`` (a key of :data:`vfmtok.config.GPT_SIZES`) with config ``overrides``."""
-    if name not in GPT_SIZES:
-        raise ValueError(f"unknown GPT {name!r} (known: {', '.join(GPT_SIZES)})")
-    return GPT(GPTConfig(**{**GPT_SIZES[name], **overrides}))
-
-
-GPT_MODELS: dict[str, Callable[..., GPT]] = {name: partial(build_gpt, name) for name in GPT_SIZES}

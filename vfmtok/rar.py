@@ -30,16 +30,13 @@ position p >= 1 predicts generation step p - 1; [CLS]'s output is unused.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vfmtok.config import RAR_SIZES, RARConfig
-from vfmtok.config_schema import validate
-from vfmtok.transformer import Attention, ClassEmbedder, Generator, embed_step
+from vfmtok.config import ARTrainConfig
+from vfmtok.generator_config import RARConfig
+from vfmtok.transformer import Attention, ClassEmbedder, Generator, StepFn, embed_step
 
 
 def random_ratio(step: int, start: int, end: int) -> float:
@@ -106,12 +103,10 @@ class AdaLNBlock(nn.Module):
 class RAR(Generator):
     """Class-conditional RAR over ``n_tokens`` image tokens (see the module docstring)."""
 
-    folder_kind, config_cls, prefix_len = "rar", RARConfig, 2
+    config_cls, prefix_len = RARConfig, 2
 
     def __init__(self, cfg: RARConfig):
-        super().__init__()
-        validate(cfg)
-        self.config = cfg
+        super().__init__(cfg)  # validates it, as self.config
         n, d = cfg.n_tokens, cfg.dim
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.cls_embedding = ClassEmbedder(cfg.num_classes, d, cfg.class_dropout)
@@ -204,6 +199,10 @@ class RAR(Generator):
             target = F.pad(self.target_pos_embed, (0, 0, 1, 0))  # (1 + N, D); none for [CLS]
             self.raster_pos = (self.pos_embed[: 1 + self.config.n_tokens] + target).to(device)
 
+    def step_fn(self, cfg: ARTrainConfig) -> StepFn:
+        """Training in annealed random orders (``randomness_anneal_start`` .. ``_end``)."""
+        return annealed_step(cfg.randomness_anneal_start, cfg.randomness_anneal_end)
+
     def clear_caches(self) -> None:
         super().clear_caches()
         self.cond_cache = self.raster_pos = None
@@ -238,7 +237,7 @@ class RAR(Generator):
 # ---------------------------------------------------------------------------------------------
 # Training in annealed random orders
 # ---------------------------------------------------------------------------------------------
-def annealed_step(start: int, end: int) -> Callable[[nn.Module, Tensor, Tensor, int], Tensor]:
+def annealed_step(start: int, end: int) -> StepFn:
     """A ``step_fn`` for :func:`vfmtok.generator_training.train_ar`: the loss of step ``step`` with each row
     in a random order with probability :func:`random_ratio` (drawn from torch's RNG, which the
     checkpoints restore, so a resumed run draws the same orders)."""
@@ -249,13 +248,3 @@ def annealed_step(start: int, end: int) -> Callable[[nn.Module, Tensor, Tensor, 
         return runner(tokens, labels, targets=tokens, orders=orders)[1]
 
     return step_fn
-
-
-def build_rar(name: str, **overrides) -> RAR:
-    """The zoo entry ``name`` (a key of :data:`vfmtok.config.RAR_SIZES`) with config ``overrides``."""
-    if name not in RAR_SIZES:
-        raise ValueError(f"unknown RAR {name!r} (known: {', '.join(RAR_SIZES)})")
-    return RAR(RARConfig(**{**RAR_SIZES[name], **overrides}))
-
-
-RAR_MODELS: dict[str, Callable[..., RAR]] = {name: partial(build_rar, name) for name in RAR_SIZES}

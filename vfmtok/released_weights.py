@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vfmtok.config import GPTConfig, TokenizerConfig
+from vfmtok.config import TokenizerConfig
+from vfmtok.generator_config import GPTConfig
 
 
 class PublicWeightsError(ValueError):

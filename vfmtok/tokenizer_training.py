@@ -1,14 +1,15 @@
-"""The tokenizer's training loop: Adam (0.9, 0.95), warmup then constant lr, grad clipping, EMA
-weights, bf16 autocast on CUDA, an optional GAN discriminator, and exact resume from checkpoints.
+"""The tokenizer's training: Adam (0.9, 0.95), warmup then constant lr, grad clipping, EMA weights,
+bf16 autocast on CUDA, dead-code restarts and an optional GAN discriminator, on the loop both
+trainings share (``vfmtok.training``: resume, logs, checkpoints).
 
-The loop knows nothing of files besides its checkpoint: data comes from a :class:`TrainData`
-(cached backbone features or images through the backbone) and each step's losses go to ``on_log``.
+It knows nothing of files besides its checkpoint: data comes from a :class:`TrainData` (cached
+backbone features or images through the backbone) and each step's losses go to ``on_log``.
 
 Under torchrun (see ``vfmtok.distributed``) it runs with DDP: ``batch_size`` is the global batch,
 each rank loads its contiguous share of the step's indices, the discriminator heads' gradients are
-averaged by hand, logged values are averaged over ranks (codebook usage and perplexity: the mean of
-per-rank values), and rank 0 alone logs and writes checkpoints (single-process format). Without
-augmentation the W-process run matches the one-process run; augmentation draws differ per rank.
+averaged by hand, and logged values are averaged over ranks (codebook usage and perplexity: the mean
+of per-rank values). Without augmentation the W-process run matches the one-process run;
+augmentation draws differ per rank.
 """
 
 from __future__ import annotations
@@ -23,22 +24,12 @@ from torch import Tensor
 
 from vfmtok import distributed as D
 from vfmtok.config import TokenizerTrainConfig
-from vfmtok.config_schema import result_dict, validate
+from vfmtok.config_schema import validate
 from vfmtok.dead_codes import DeadCodeRestarts
 from vfmtok.device import autocast
 from vfmtok.losses import TokenizerLoss
-from vfmtok.tokenizer import Tokenizer
-from vfmtok.training import (
-    CHECKPOINT_NAME,
-    EMA,
-    StepSampler,
-    config_hash,
-    learning_rate,
-    load_checkpoint,
-    save_checkpoint,
-    set_lr,
-    step_generator,
-)  # fmt: skip
+from vfmtok.tokenizer import Tokenizer, TokenizerOutput
+from vfmtok.training import EMA, Recipe, StepSampler, descend, step_generator, train
 
 
 class TrainData(Protocol):
@@ -56,11 +47,6 @@ class TrainResult:
     resumed_from: int
 
 
-def _clip(params, max_norm: float) -> None:
-    if max_norm > 0:
-        torch.nn.utils.clip_grad_norm_(params, max_norm)
-
-
 def train_tokenizer(
     model: Tokenizer, loss_fn: TokenizerLoss, data: TrainData, cfg: TokenizerTrainConfig,
     checkpoint_dir: str | Path, device: torch.device,
@@ -70,110 +56,98 @@ def train_tokenizer(
     """Train ``model`` for ``cfg.steps`` steps, resuming from ``checkpoint_dir`` when it holds a
     checkpoint of the same ``run_config`` (model + training config). Under torchrun ``on_log``
     runs on rank 0 only."""
-    validate(cfg)
-    ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME
-    chash = config_hash(run_config if run_config is not None else result_dict(cfg))
-    rank, world = D.rank(), D.world()
-    local_batch = D.per_rank_batch(cfg.batch_size, world)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.95))
-    loss_cfg = loss_fn.cfg  # the objective's settings travel with the loss, once
-    gan = loss_fn.discriminator is not None and loss_cfg.gan_weight > 0
-    d_params = list(loss_fn.discriminator.parameters()) if gan else []
-    opt_d = torch.optim.Adam(d_params, lr=loss_cfg.disc_lr, betas=(0.9, 0.95)) if d_params else None
-    ema = EMA(model, cfg.ema_decay)
-    restarts = DeadCodeRestarts(model.quantizer, cfg.restart_dead_every,
-                                int(cfg.restart_dead_until * cfg.steps))
+    validate(cfg)  # a bad config is named before anything is built from it
+    steps = TokenizerSteps(model, loss_fn, data, cfg, device)
+    start = train(model, cfg, checkpoint_dir, device, steps.recipe, "ddp", run_config, on_log)
+    return TrainResult(ema=steps.ema, steps_run=max(0, cfg.steps - start), resumed_from=start)
 
-    start = 0
-    state = load_checkpoint(ckpt_path, chash)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        ema.load_state_dict(state["ema"])
-        if opt_d is not None:
-            loss_fn.discriminator.load_state_dict(state["discriminator"])
-            opt_d.load_state_dict(state["optimizer_d"])
-        restarts.load_state_dict(state["dead_codes"])  # the config hash admits no older checkpoint
-        D.restore_rng(state, cfg.seed)
-        start = int(state["step"])
-    elif world > 1:
-        torch.manual_seed(D.rank_seed(cfg.seed))
-    runner = D.maybe_compile(D.wrap(model, device, "ddp"), cfg.compile)  # 73M at paper scale: DDP
 
-    sampler = StepSampler(len(data), cfg.batch_size, cfg.seed)
-    model.train()
-    for step in range(start, cfg.steps):
-        set_lr(opt, learning_rate(step, cfg))
-        progress = step / cfg.steps  # the share of the run done: when the GAN starts
-        indices = sampler.indices(step)[rank * local_batch:(rank + 1) * local_batch]
-        images, levels = data.batch(indices, step_generator(D.rank_seed(cfg.seed, rank), step))
-        images = images.to(device, non_blocking=True)
-        levels = None if levels is None else [lv.to(device, non_blocking=True).float() for lv in levels]
-        with autocast(device):
-            out = runner(images, levels)
-            g = loss_fn.generator_losses(images, out.recon, progress, image_levels=levels)
-            semantic = loss_cfg.semantic_weight * out.semantic_loss
+@dataclass
+class _Batch:
+    """What the step's later parts (dead-code restarts, the discriminator) need of its forward."""
+
+    images: Tensor
+    levels: list[Tensor] | None
+    out: TokenizerOutput
+    progress: float  # the share of the run done: when the GAN starts
+
+
+class TokenizerSteps:
+    """The tokenizer's part of each training step: its loss, then dead-code restarts (before the
+    EMA update, which takes the new rows) and the discriminator's own update (after it)."""
+
+    def __init__(self, model: Tokenizer, loss_fn: TokenizerLoss, data: TrainData, cfg: TokenizerTrainConfig,
+                 device: torch.device) -> None:
+        self.model, self.loss_fn, self.data, self.cfg, self.device = model, loss_fn, data, cfg, device
+        loss_cfg = loss_fn.cfg  # the objective's settings travel with the loss, once
+        self.ema = EMA(model, cfg.ema_decay)
+        self.restarts = DeadCodeRestarts(model.quantizer, cfg.restart_dead_every,
+                                         int(cfg.restart_dead_until * cfg.steps))
+        gan = loss_fn.discriminator is not None and loss_cfg.gan_weight > 0
+        self.d_params = list(loss_fn.discriminator.parameters()) if gan else []
+        self.opt_d = (torch.optim.Adam(self.d_params, lr=loss_cfg.disc_lr, betas=(0.9, 0.95))
+                      if self.d_params else None)  # fmt: skip
+        self.sampler = StepSampler(len(data), cfg.batch_size, cfg.seed)
+        self.local_batch = D.per_rank_batch(cfg.batch_size)
+        self.runner: Callable[..., TokenizerOutput] = model  # the DDP wrapper, once recipe() has it
+        self.last: _Batch | None = None  # the current step's forward
+
+    def recipe(self, runner: Callable[..., TokenizerOutput]) -> Recipe:
+        """Adam on the trainable weights, the hooks below, and what the checkpoint carries."""
+        self.runner = runner
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        others, extras = {}, {"dead_codes": self.restarts}
+        if self.opt_d is not None:
+            others["discriminator"], extras["discriminator"] = self.opt_d, self.loss_fn.discriminator
+        return Recipe(optimizer=torch.optim.Adam(params, lr=self.cfg.lr, betas=(0.9, 0.95)), loss=self.loss,
+                      after_update=self.restart_dead_codes, ema=self.ema, after_ema=self.discriminator_step,
+                      other_optimizers=others, extras=extras)  # fmt: skip
+
+    def loss(self, step: int) -> tuple[Tensor, dict[str, float]]:
+        """The tokenizer's loss on this rank's share of the step's batch, and its terms."""
+        rank, b = D.rank(), self.local_batch
+        indices = self.sampler.indices(step)[rank * b:(rank + 1) * b]
+        images, levels = self.data.batch(indices, step_generator(D.rank_seed(self.cfg.seed, rank), step))
+        images = images.to(self.device, non_blocking=True)
+        levels = None if levels is None else [lv.to(self.device, non_blocking=True).float() for lv in levels]
+        progress = step / self.cfg.steps
+        with autocast(self.device):
+            out = self.runner(images, levels)
+            g = self.loss_fn.generator_losses(images, out.recon, progress, image_levels=levels)
+            semantic = self.loss_fn.cfg.semantic_weight * out.semantic_loss
             total = sum(g.values()) + out.vq.loss + semantic
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        _clip(params, cfg.grad_clip)
-        opt.step()
-        restarts.observe(out.indices)
-        _restart_dead(restarts, ema, step, out.vq.inputs, cfg.seed)
-        ema.update(model)
-
+        self.last = _Batch(images, levels, out, progress)
         logs = {k: v.item() for k, v in g.items()}
         logs.update(total=total.item(), semantic=out.semantic_loss.item(),
                     codebook=out.vq.codebook_loss.item(), commit=out.vq.commit_loss.item(),
                     usage=float(out.vq.usage), perplexity=float(out.vq.perplexity))  # fmt: skip
-        if cfg.restart_dead_every:
-            logs["restarted"] = float(restarts.restarted)  # codebook rows re-seeded so far
-        if opt_d is not None:
-            with autocast(device):
-                d_loss = loss_fn.discriminator_loss(images, out.recon.detach(), progress,
-                                                    image_levels=levels)
-            if d_loss is not None:  # same on every rank: progress is a function of the step
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                D.average_gradients(d_params)
-                _clip(d_params, cfg.grad_clip)
-                opt_d.step()
-                logs["disc"] = d_loss.item()
-        logs = D.mean_logs(logs)
-        logs["lr"] = opt.param_groups[0]["lr"]
-        if D.is_main():
-            on_log(step, logs)
+        return total, logs
 
-        done = step + 1
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            _save(ckpt_path, model, opt, ema, loss_fn if opt_d else None, opt_d, done, chash, restarts)
-    model.eval()
-    return TrainResult(ema=ema, steps_run=max(0, cfg.steps - start), resumed_from=start)
+    def restart_dead_codes(self, step: int) -> dict[str, float]:
+        """Count the step's codes and, at a check step, re-seed the dead ones; the EMA copy takes
+        the new rows as they are (its averages of a dead row mean nothing)."""
+        if not self.cfg.restart_dead_every:
+            return {}
+        out = self.last.out
+        self.restarts.observe(out.indices)
+        if out.vq.inputs is not None and self.restarts.is_check(step + 1):
+            rows = self.restarts.after_step(step + 1, out.vq.inputs, step_generator(self.cfg.seed + 1, step))
+            if rows is not None and len(rows):
+                key = "quantizer.embedding.weight"
+                self.ema.shadow[key][rows] = self.restarts.quantizer.embedding.weight.detach()[rows]
+        return {"restarted": float(self.restarts.restarted)}  # codebook rows re-seeded so far
 
-
-def _restart_dead(restarts: DeadCodeRestarts, ema: EMA, step: int, inputs: Tensor | None, seed: int) -> None:
-    """Re-seed dead codes after this step (when it is a check step); the EMA copy takes the new
-    rows as they are (its averages of a dead row mean nothing)."""
-    if inputs is None or not restarts.is_check(step + 1):
-        return
-    rows = restarts.after_step(step + 1, inputs, step_generator(seed + 1, step))
-    if rows is not None and len(rows):
-        key = "quantizer.embedding.weight"
-        ema.shadow[key][rows] = restarts.quantizer.embedding.weight.detach()[rows]
-
-
-def _save(path: Path, model: Tokenizer, opt: torch.optim.Optimizer, ema: EMA,
-          loss_fn: TokenizerLoss | None, opt_d: torch.optim.Optimizer | None, step: int,
-          chash: str, restarts: DeadCodeRestarts) -> None:
-    """Every rank holds the same (DDP) weights: rank 0 writes them, with every rank's RNG."""
-    rngs = D.gather_rng()
-    if D.is_main():
-        save_checkpoint(path, {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "ema": ema.state_dict(),
-            "discriminator": loss_fn.discriminator.state_dict() if loss_fn is not None else {},
-            "optimizer_d": opt_d.state_dict() if opt_d is not None else {},
-            "rng": rngs[0], "step": step, "config_hash": chash, "dead_codes": restarts.state_dict(),
-            **({"rng_ranks": rngs} if len(rngs) > 1 else {}),
-        })  # fmt: skip
-    D.barrier()
+    def discriminator_step(self, step: int) -> dict[str, float]:
+        """The GAN discriminator's update on the step's images against their (detached)
+        reconstructions; nothing before the GAN starts. Its heads sit outside DDP, so their
+        gradients are averaged over ranks by hand."""
+        if self.opt_d is None:
+            return {}
+        last = self.last
+        with autocast(self.device):
+            d_loss = self.loss_fn.discriminator_loss(last.images, last.out.recon.detach(), last.progress,
+                                                     image_levels=last.levels)
+        if d_loss is None:  # same on every rank: progress is a function of the step
+            return {}
+        descend(self.opt_d, d_loss, self.d_params, self.cfg.grad_clip, average_gradients=True)
+        return {"disc": d_loss.item()}

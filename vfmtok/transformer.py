@@ -17,6 +17,7 @@ so :func:`vfmtok.sampling.generate` decodes either one the same way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,7 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vfmtok import model_folder
-from vfmtok.config_schema import to_dict
+from vfmtok.config_schema import to_dict, validate
+
+# (runner, tokens (B, N), labels (B,), step) -> loss: one training step's loss (runner: the
+# DDP/FSDP/compiled module around the generator)
+StepFn = Callable[[nn.Module, Tensor, Tensor, int], Tensor]
 
 
 class ClassEmbedder(nn.Module):
@@ -131,21 +136,31 @@ class Attention(nn.Module):
 class Generator(nn.Module):
     """Decoding and model-folder plumbing shared by the generator families.
 
-    Subclasses set :attr:`folder_kind` (``config.json``'s format and section name),
-    :attr:`config_cls` and :attr:`prefix_len`, keep their blocks in ``self.layers`` (each with an
+    Subclasses set :attr:`config_cls` (whose ``family`` is ``config.json``'s format and section
+    name) and :attr:`prefix_len`, keep their blocks in ``self.layers`` (each with an
     :class:`Attention` as ``.attention``; FSDP2 shards per block) and their head in ``self.output``,
     and implement ``forward``, ``forward_prefix`` and ``forward_step``.
     """
 
-    folder_kind: ClassVar[str]
-    config_cls: ClassVar[type]
+    config_cls: ClassVar[type]  # its ``family`` names the family (config.json's format and section)
+    family: ClassVar[str]
     prefix_len: ClassVar[int]  # sequence positions before the input of image token 0
     config: Any
     layers: nn.ModuleList
     output: nn.Linear
+    families: ClassVar[dict[str, type[Generator]]] = {}  # config family -> class (vfmtok.zoo)
 
-    def __init__(self) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A family registers itself by defining its class: its config's ``family`` names it, so
+        :func:`vfmtok.zoo.build` goes from a config to its class without an ``isinstance`` chain."""
+        super().__init_subclass__(**kwargs)
+        cls.family = cls.config_cls.family
+        Generator.families[cls.family] = cls
+
+    def __init__(self, cfg: Any) -> None:
         super().__init__()
+        validate(cfg)
+        self.config = cfg
         self.register_buffer("causal_mask", None, persistent=False)  # (L, L) once caches exist
 
     @property
@@ -158,20 +173,31 @@ class Generator(nn.Module):
         """Longest input: the prefix and every image token but the last (which predicts nothing)."""
         return self.prefix_len + self.config.n_tokens - 1
 
+    def step_fn(self, cfg: Any) -> StepFn | None:
+        """The training loss of a step for :func:`vfmtok.generator_training.train_ar` when it is
+        not plain teacher forcing in raster order (``cfg``: the :class:`~vfmtok.config.ARTrainConfig`);
+        None by default."""
+        return None
+
     # -- model folders ---------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path, name: str = "", state: dict | None = None) -> str:
         """``folder/{model.safetensors, config.json}`` (``name``: the zoo entry, for people);
         returns the weights' sha256. ``state``: the weights to write instead of this module's
         (the gathered full state of an FSDP2-sharded model)."""
-        kind = self.folder_kind
+        kind = self.family
         return model_folder.save_folder(folder, kind, self.state_dict() if state is None else state,
                                       {kind: to_dict(self.config), "zoo_name": name})
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu") -> Generator:
-        """The model saved in ``folder``, in eval mode, rebuilt from its ``config.json`` alone."""
-        meta = model_folder.read_config(folder, cls.folder_kind)
-        model = cls(model_folder.section(meta, cls.folder_kind, cls.config_cls, folder))
+        """The model saved in ``folder``, in eval mode, rebuilt from its ``config.json`` alone;
+        ``Generator.from_pretrained`` loads whichever family the folder holds."""
+        if cls is Generator:
+            from vfmtok import zoo  # the families register themselves when zoo imports them
+
+            return zoo.from_pretrained(folder, device)
+        meta = model_folder.read_config(folder, cls.family)
+        model = cls(model_folder.section(meta, cls.family, cls.config_cls, folder))
         model.load_state_dict(model_folder.load_weights(folder))
         return model.to(device).eval()
 

@@ -1,32 +1,39 @@
-"""The two generator families by name: LlamaGen-style raster GPT (:mod:`vfmtok.gpt`) and RAR
-(:mod:`vfmtok.rar`). A zoo name (``GPT-B``, ``RAR-L``, ...; :data:`vfmtok.config.GENERATOR_SIZES`)
-or a config picks the family; a model folder's ``config.json`` says which one it holds."""
+"""Every generator by name: one registry, one :func:`build`.
+
+A family (:mod:`vfmtok.gpt`'s raster GPT, :mod:`vfmtok.rar`'s RAR) registers its sizes where its
+config is declared (:data:`vfmtok.generator_config.ZOO`, torch-free) and its model class by
+subclassing :class:`~vfmtok.transformer.Generator`; this module ties the two together:
+``build("RAR-L", num_classes=10)``, ``build_from_config(cfg)``, and :func:`from_pretrained` for a
+model folder of either family (its ``config.json`` says which).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
 
-from vfmtok import model_folder
-from vfmtok.config import ARTrainConfig, GPTConfig, RARConfig, generator_config
-from vfmtok.gpt import GPT
-from vfmtok.rar import RAR, annealed_step
+from vfmtok import gpt, model_folder, rar  # noqa: F401  (defining the classes registers the families)
+from vfmtok.generator_config import ZOO, GPTConfig, RARConfig, generator_config
 from vfmtok.transformer import Generator
 
-FAMILIES: dict[str, type[Generator]] = {"gpt": GPT, "rar": RAR}
+# family -> model class ("gpt": GPT, "rar": RAR): filled by the families' imports above
+FAMILIES: dict[str, type[Generator]] = Generator.families
 
 
-def build_generator(cfg: GPTConfig | RARConfig) -> Generator:
+def names() -> list[str]:
+    """Every registered size, family by family (``GPT-Tiny`` .. ``RAR-XXL``)."""
+    return list(ZOO)
+
+
+def build_from_config(cfg: GPTConfig | RARConfig) -> Generator:
     """A freshly initialised model of ``cfg``'s family."""
-    return GPT(cfg) if isinstance(cfg, GPTConfig) else RAR(cfg)
+    return FAMILIES[cfg.family](cfg)
 
 
 def build(name: str, **overrides) -> Generator:
-    """The zoo entry ``name`` of either family, with config ``overrides``."""
-    return build_generator(generator_config(name, **overrides))
+    """The zoo entry ``name`` of any family, with config ``overrides``."""
+    return build_from_config(generator_config(name, **overrides))
 
 
 def from_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> Generator:
@@ -34,17 +41,7 @@ def from_pretrained(folder: str | Path, device: str | torch.device = "cpu") -> G
     fmt = model_folder.read_format(folder)
     family = fmt.removeprefix("vfmtok.")
     if family not in FAMILIES:
+        expected = " or ".join(f"vfmtok.{f}" for f in FAMILIES)
         raise model_folder.ModelFolderError(f"{Path(folder) / model_folder.CONFIG}: format {fmt!r} is "
-                                          f"not a generator (expected vfmtok.gpt or vfmtok.rar)")
+                                            f"not a generator (expected {expected})")
     return FAMILIES[family].from_pretrained(folder, device)
-
-
-StepFn = Callable[[nn.Module, Tensor, Tensor, int], Tensor]
-
-
-def training_step(model: nn.Module, cfg: ARTrainConfig) -> StepFn | None:
-    """The ``step_fn`` of :func:`vfmtok.generator_training.train_ar` for ``model``: RAR's annealed random
-    orders; None (plain raster teacher forcing) for the GPT."""
-    if isinstance(model, RAR):
-        return annealed_step(cfg.randomness_anneal_start, cfg.randomness_anneal_end)
-    return None

@@ -10,11 +10,13 @@ when ``dvc.yaml`` misses one.
 
 from __future__ import annotations
 
+import argparse
 import ast
 from pathlib import Path
 
 import yaml
 
+from pipeline.commands import Command
 from vfmtok import files
 
 PACKAGES = ("pipeline", "vfmtok")
@@ -146,3 +148,15 @@ def cli(root: Path, check: bool, rewrite: bool = False) -> int:
         for m in stage_modules(root, stage):
             print(f"  - {m}")
     return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--check", action="store_true")
+    parser.add_argument("--write", action="store_true", help="rewrite the module deps in dvc.yaml")
+
+
+def main(args: argparse.Namespace) -> int:
+    return cli(Path(args.root), check=args.check, rewrite=args.write)
+
+
+COMMAND = Command("deps", "each stage's project modules; --check: against dvc.yaml", add_arguments, main)

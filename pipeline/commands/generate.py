@@ -1,20 +1,22 @@
 """``vfmtok-pipeline generate``: a grid of new images of one class from the trained models.
 
-Reads only the two model folders (``data/generator``, ``data/tokenizer``: each rebuilds from its own
-``config.json``) and, to turn a class name into its label, ``data/prepared/classes.json``; a
-class given as a number needs no class file. Bad input (an unknown class, a missing model
-folder, an out-of-range option) is one ``error:`` line and nothing is written.
+Reads only the two model folders (``data/generator``, a GPT or a RAR, and ``data/tokenizer``: each
+rebuilds from its own ``config.json``) and, to turn a class name into its label,
+``data/prepared/classes.json``; a class given as a number needs no class file. Bad input (an
+unknown class, a missing model folder, an out-of-range option) is one ``error:`` line and nothing
+is written.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.commands import Command, add_model_arguments
 from pipeline.errors import UserError
-from pipeline.formats import prepared
 from pipeline.layout import Layout
 
 PER_ROW = 8
@@ -52,6 +54,8 @@ def _norm(text: str) -> str:
 def resolve_class(spec: str, num_classes: int, classes_dir: Path) -> tuple[int, str]:
     """``(label, name)`` of a class given by number or by name (case and punctuation ignored:
     ``t-shirt/top``, ``T-shirt top`` and ``tshirttop`` are the same)."""
+    from pipeline.formats import prepared  # pandas: not for `vfmtok-pipeline --help`
+
     classes = prepared.read_classes(classes_dir) if (classes_dir / prepared.CLASSES).is_file() else None
     if spec.strip().lstrip("-").isdigit():
         label = int(spec)
@@ -70,32 +74,33 @@ def resolve_class(spec: str, num_classes: int, classes_dir: Path) -> tuple[int, 
 
 
 def generate_grid(root: Path, class_spec: str, out: Path, sampling: Sampling, device: str = "auto",
-                  tokenizer_dir: Path | None = None, gpt_dir: Path | None = None) -> str:
+                  tokenizer_dir: Path | None = None, generator_dir: Path | None = None) -> str:
     """Sample ``sampling.n`` images of one class, write them as one PNG grid; returns a summary."""
     sampling.check()
     import torch
 
     from pipeline.reporting import grids
+    from vfmtok import zoo
     from vfmtok.device import autocast, pick_device
-    from vfmtok.gpt import GPT
     from vfmtok.images import to_uint8
     from vfmtok.sampling import generate
     from vfmtok.tokenizer import Tokenizer
 
     layout = Layout(root)
     dev = pick_device(device)
-    gpt = GPT.from_pretrained(gpt_dir or layout.generator, dev)
-    label, name = resolve_class(class_spec, gpt.config.num_classes, layout.prepared)
+    folder = generator_dir or layout.generator
+    model = zoo.from_pretrained(folder, dev)  # a GPT or a RAR: its config.json says which
+    label, name = resolve_class(class_spec, model.config.num_classes, layout.prepared)
     tokenizer = Tokenizer.from_pretrained(tokenizer_dir or layout.tokenizer, dev)
-    if tokenizer.codebook_size != gpt.config.vocab_size or tokenizer.n_tokens != gpt.config.n_tokens:
-        raise GenerateError(f"{gpt_dir or layout.generator}: the GPT models {gpt.config.n_tokens} tokens of "
-                            f"{gpt.config.vocab_size} codes, the tokenizer {tokenizer.n_tokens} of "
+    if tokenizer.codebook_size != model.config.vocab_size or tokenizer.n_tokens != model.config.n_tokens:
+        raise GenerateError(f"{folder}: the generator models {model.config.n_tokens} tokens of "
+                            f"{model.config.vocab_size} codes, the tokenizer {tokenizer.n_tokens} of "
                             f"{tokenizer.codebook_size}: not a pair")
     start = time.perf_counter()
     g = torch.Generator(device=dev).manual_seed(sampling.seed)
     labels = torch.full((sampling.n,), label, device=dev)
     with autocast(dev):
-        ids = generate(gpt, labels, gpt.config.n_tokens, temperature=sampling.temperature,
+        ids = generate(model, labels, model.config.n_tokens, temperature=sampling.temperature,
                        top_k=sampling.top_k, top_p=sampling.top_p, cfg_scale=sampling.cfg_scale, generator=g)
         images = to_uint8(tokenizer.decode(ids))  # (n, H, W, 3)
     rows = [images[i : i + PER_ROW] for i in range(0, len(images), PER_ROW)]
@@ -103,3 +108,29 @@ def generate_grid(root: Path, class_spec: str, out: Path, sampling: Sampling, de
     return (f"wrote {out}: {sampling.n} samples of class {label} ({name}), {images.shape[1]} px, "
             f"cfg {sampling.cfg_scale:g}, temperature {sampling.temperature:g}, seed {sampling.seed}, "
             f"in {time.perf_counter() - start:.1f} s")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--class", dest="class_spec", required=True, metavar="NAME_OR_ID",
+                        help="class name (data/prepared/classes.json) or number")
+    parser.add_argument("-n", type=int, default=16, help="how many images (default 16, 8 a row)")
+    parser.add_argument("--out", type=Path, default=Path("grid.png"), help="PNG to write (default grid.png)")
+    parser.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1.0 = off)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
+    parser.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (0 = all)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--generator", type=Path, metavar="FOLDER",
+                        help="generator folder, a GPT or a RAR (default: data/generator)")
+    add_model_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> None:
+    sampling = Sampling(n=args.n, cfg_scale=args.cfg, temperature=args.temperature, top_k=args.top_k,
+                        top_p=args.top_p, seed=args.seed)
+    print(generate_grid(Path(args.root), args.class_spec, args.out, sampling, args.device, args.tokenizer,
+                        args.generator))
+
+
+COMMAND = Command("generate", "a PNG grid of new images of one class (data/generator, data/tokenizer)",
+                  add_arguments, main)

@@ -1,36 +1,41 @@
 """``vfmtok-pipeline import-weights``: released VFMTok / LlamaGen checkpoints -> model folders.
 
 Converts the public tokenizer and GPT checkpoints (the files ``vfmtok.released_weights`` lists)
-into ``data/tokenizer`` and ``data/generator``, the ``save_pretrained`` folders the later stages read
-(``Tokenizer.from_pretrained`` / ``GPT.from_pretrained`` load them outside the pipeline too).
+into ``data/tokenizer`` and ``data/generator`` (the released generators are GPTs), the
+``save_pretrained`` folders the later stages read (``Tokenizer.from_pretrained`` /
+``GPT.from_pretrained`` load them outside the pipeline too).
 A file that is not one of them is refused with one line naming its first unmatched key; nothing
 is written then. The stages accept the imported folders when ``params.yaml`` describes the same
 models (``params/imagenet_release.yaml`` does); the differences are printed otherwise.
 
     vfmtok-pipeline profile imagenet_release
     dvc repro extract_features                 # prepare + val features (DINOv2 from backbone.weights)
-    vfmtok-pipeline import-weights --tokenizer vfmtok-tokenizer.pt --gpt GPT-B-300e.pt
+    vfmtok-pipeline import-weights --tokenizer vfmtok-tokenizer.pt --generator GPT-B-300e.pt
     dvc repro --single-item tokenize sample evaluate
+
+torch and the models load inside the functions that convert (``vfmtok-pipeline --help`` imports
+this module).
 """
 
 from __future__ import annotations
 
+import argparse
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
-import torch
-
+from pipeline.commands import Command
 from pipeline.errors import UserError
 from pipeline.layout import Layout
-from pipeline.params import Params, load_params
 from vfmtok import model_folder
-from vfmtok import released_weights as pw
-from vfmtok.config import BackboneConfig
 from vfmtok.config_schema import differences, to_dict
-from vfmtok.gpt import GPT
-from vfmtok.tokenizer import build_tokenizer
+
+if TYPE_CHECKING:
+    import torch
+
+    from pipeline.params import Params
 
 DINOV2_L_336 = SimpleNamespace(level_channels=[1024] * 4, level_shapes=[(24, 24)] * 4, image_size=336)
 
@@ -47,6 +52,8 @@ class Imported:
 
 
 def _public_state(path: Path, prefer: str) -> tuple[str, dict]:
+    from vfmtok import released_weights as pw
+
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint file not found")
     try:
@@ -60,6 +67,8 @@ def _public_state(path: Path, prefer: str) -> tuple[str, dict]:
 
 
 def _convert(path: Path, public: dict, rules: list, ignored: dict, model: torch.nn.Module) -> dict:
+    from vfmtok import released_weights as pw
+
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     try:
         return pw.convert(public, rules, ignored, expected)
@@ -69,6 +78,12 @@ def _convert(path: Path, public: dict, rules: list, ignored: dict, model: torch.
 
 def import_tokenizer(path: Path, folder: Path, backbone_weights: str, prefer: str = "ema") -> Imported:
     """The public VFMTok tokenizer -> a tokenizer folder (its frozen DINOv2 from ``backbone_weights``)."""
+    import torch
+
+    from vfmtok import released_weights as pw
+    from vfmtok.config import BackboneConfig
+    from vfmtok.tokenizer import build_tokenizer
+
     if not Path(backbone_weights).is_file():
         raise FileNotFoundError(f"{backbone_weights}: DINOv2 ViT-L/14-reg4 weights file not found "
                                 "(backbone.weights, or --backbone-weights)")
@@ -88,6 +103,11 @@ def import_tokenizer(path: Path, folder: Path, backbone_weights: str, prefer: st
 
 def import_gpt(path: Path, folder: Path, n_tokens: int = 256, prefer: str = "ema") -> Imported:
     """A public VFMTok / LlamaGen class-conditional GPT -> a GPT folder."""
+    import torch
+
+    from vfmtok import released_weights as pw
+    from vfmtok.gpt import GPT
+
     entry, public = _public_state(path, prefer)
     try:
         name, cfg = pw.gpt_config({k: tuple(v.shape) for k, v in public.items()}, n_tokens)
@@ -125,22 +145,48 @@ def params_differences(params: Params, imported: list[Imported]) -> list[str]:
     return out
 
 
-def run(root: str, params_file: str, tokenizer: str | None, gpt: str | None, n_tokens: int,
+def run(root: str, params_file: str, tokenizer: str | None, generator: str | None, n_tokens: int,
         backbone_weights: str | None, prefer: str) -> list[str]:
     """Import what is given; returns the lines to print."""
-    if not tokenizer and not gpt:
-        raise WeightsImportError("import-weights: give --tokenizer FILE, --gpt FILE or both")
+    from pipeline.params import load_params
+
+    if not tokenizer and not generator:
+        raise WeightsImportError("import-weights: give --tokenizer FILE, --generator FILE or both")
     layout = Layout(Path(root))
     params = load_params(params_file, check_paths=False)
     done = []
     if tokenizer:
         weights = backbone_weights or params.backbone.weights
         done.append(import_tokenizer(Path(tokenizer), layout.tokenizer, weights, prefer))
-    if gpt:
-        done.append(import_gpt(Path(gpt), layout.generator, n_tokens, prefer))
+    if generator:
+        done.append(import_gpt(Path(generator), layout.generator, n_tokens, prefer))
     lines = [imp.summary for imp in done]
     diffs = params_differences(params, done)
     if diffs:
         lines.append(f"note: the stages will refuse these folders until {params_file} matches them "
                      f"(params/imagenet_release.yaml does): " + "; ".join(diffs))
     return lines
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tokenizer", metavar="FILE", help="VFMTok's vfmtok-tokenizer.pt")
+    parser.add_argument("--generator", metavar="FILE",
+                        help="a released generator, a GPT: VFMTok's GPT-*-*e.pt or LlamaGen's c2i_*_*.pt")
+    parser.add_argument("--n-tokens", type=int, default=256, help="the generator's tokens per image: 256, "
+                        "or 576 for LlamaGen's c2i_*_384.pt (default 256)")
+    parser.add_argument("--backbone-weights", metavar="FILE", help="DINOv2 ViT-L/14-reg4 weights for the "
+                        "tokenizer (default: backbone.weights of the params file)")
+    parser.add_argument("--weights", choices=["ema", "model"], default="ema",
+                        help="which weights of a training checkpoint (default: ema when present)")
+    parser.add_argument("--params", default="params.yaml")
+
+
+def main(args: argparse.Namespace) -> None:
+    for line in run(args.root, args.params, args.tokenizer, args.generator, args.n_tokens,
+                    args.backbone_weights, args.weights):
+        print(line)
+
+
+HELP = ("released VFMTok / LlamaGen checkpoints -> data/tokenizer, data/generator "
+        "(see README: Importing released weights)")
+COMMAND = Command("import-weights", HELP, add_arguments, main)

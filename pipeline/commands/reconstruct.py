@@ -10,15 +10,18 @@ unreadable file is one ``error:`` line naming it and leaves ``DIR`` untouched.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from pipeline import sources
+from pipeline.commands import Command, add_model_arguments
 from pipeline.errors import UserError
 from pipeline.layout import Layout
 from vfmtok import files
+
+if TYPE_CHECKING:  # numpy, PIL and torch load when images are read, not for `vfmtok-pipeline --help`
+    import numpy as np
 
 BATCH = 32
 
@@ -41,6 +44,8 @@ class Reconstruction:
 def read_image(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int], str]:
     """((size, size, 3) uint8 as prepare makes it, the original (width, height), its mode)."""
     from PIL import Image, UnidentifiedImageError
+
+    from pipeline import sources
 
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
@@ -70,6 +75,7 @@ def _out_names(paths: list[Path]) -> list[str]:
 def reconstruct_images(root: Path, paths: list[Path], out_dir: Path, device: str = "auto",
                        tokenizer_dir: Path | None = None) -> list[Reconstruction]:
     """Tokenize and reconstruct ``paths`` with the tokenizer folder; write ``out_dir``."""
+    import numpy as np
     import torch
 
     from pipeline.reporting import grids
@@ -107,3 +113,20 @@ def describe(r: Reconstruction) -> str:
     w, h = r.source_size
     return (f"{r.source} ({w}x{h} {r.source_mode} -> {r.size}x{r.size} RGB): {len(r.tokens)} tokens, "
             f"PSNR {r.psnr:.2f} dB -> {r.out}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", type=Path, help="image files, any size and mode")
+    parser.add_argument("--out", type=Path, required=True, help="folder for <name>.png and tokens.json")
+    add_model_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> None:
+    results = reconstruct_images(Path(args.root), args.images, args.out, args.device, args.tokenizer)
+    for r in results:
+        print(describe(r))
+    print(f"token ids: {args.out / 'tokens.json'}")
+
+
+COMMAND = Command("reconstruct", "tokenize your own images and write their reconstructions", add_arguments,
+                  main)

@@ -7,9 +7,12 @@ terminal width assumed: ``dvc metrics show`` of every metric is too wide to read
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
+from pipeline.commands import Command
+from pipeline.evaluation.metrics import declared
 from pipeline.layout import Layout
 
 COMPARE_COLUMNS = r"Experiment|^(gfid|rfid|psnr|codebook_usage|linear_probe_acc|tokenizer\.kind)$"
@@ -36,6 +39,13 @@ def _line(label: str, parts: list[tuple[str, object, str]]) -> str | None:
     return f"  {label:<11}{', '.join(shown)}" if shown else None
 
 
+def _part(key: str, value: object) -> tuple[str, object, str]:
+    """A headline metric's (label, value, format), as its declaration says
+    (``pipeline/evaluation/metrics.py``)."""
+    metric = declared(key)
+    return metric.label, value, metric.fmt
+
+
 def headline(layout: Layout) -> list[str]:
     m = _read(layout.metrics_table("json"))
     tok, ar = _read(layout.report("train_tokenizer")), _read(layout.report("train_ar"))
@@ -44,18 +54,16 @@ def headline(layout: Layout) -> list[str]:
     kind = m.get("tokenizer_kind") or tok.get("kind") or "?"
     n_tok = m.get("tokens_per_image") or tok.get("tokens_per_image")
     lines = [f"  tokenizer {kind}, {n_tok or '?'} tokens per image"]
-    pct = ".1%"
     rows = [
-        _line("Tokenizer", [("PSNR", m.get("psnr", tok.get("val_psnr")), ".2f"),
-                            ("SSIM", m.get("ssim"), ".3f"),
-                            ("rFID", m.get("rfid"), ".1f"),
-                            ("codebook usage", m.get("codebook_usage", tok.get("val_codebook_usage")), pct)]),
-        _line("Tokens", [("linear-probe accuracy", m.get("linear_probe_acc"), pct)]),
-        _line("Generator", [("gFID", m.get("gfid"), ".1f"), ("AR val loss", ar.get("val_loss"), ".3f"),
+        _line("Tokenizer", [_part("psnr", m.get("psnr", tok.get("val_psnr"))), _part("ssim", m.get("ssim")),
+                            _part("rfid", m.get("rfid")),
+                            _part("codebook_usage", m.get("codebook_usage", tok.get("val_codebook_usage")))]),
+        _line("Tokens", [_part("linear_probe_acc", m.get("linear_probe_acc"))]),
+        _line("Generator", [_part("gfid", m.get("gfid")), ("AR val loss", ar.get("val_loss"), ".3f"),
                             ("steps", ar.get("steps"), "d")]),
-        _line("Samples", [("class accuracy", m.get("sample_class_acc"), pct)]),
+        _line("Samples", [_part("sample_class_acc", m.get("sample_class_acc"))]),
     ]
-    if rows[-1] and (ceiling := _num(m.get("val_class_acc"), pct)):
+    if rows[-1] and (ceiling := _num(m.get("val_class_acc"), declared("sample_class_acc").fmt)):
         rows[-1] += f" (real val images: {ceiling})"
     lines += [r for r in rows if r]
     if (n := m.get("fid_samples")) is not None:
@@ -92,3 +100,15 @@ def summary(root: Path) -> str:
              "  vfmtok-pipeline generate --class 5 -n 16 --out grid.png",
              "  vfmtok-pipeline reconstruct my_photo.jpg --out recon/"]
     return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """None: the summary is of ``--root``'s reports."""
+
+
+def main(args: argparse.Namespace) -> None:
+    print(summary(Path(args.root)))
+
+
+COMMAND = Command("summary", "the headline results, where the pictures are, what to run next", add_arguments,
+                  main)

@@ -1,7 +1,7 @@
-"""What ``evaluate`` measures, as plain functions over the pipeline's artifacts (the stage module
-only orders them and writes the tables): fair reference subsets, cached Inception features of the
-reference images, pooled backbone features, the linear probe of the tokens and the vectors the
-ridge readouts read (tokens, backbone levels)."""
+"""What ``evaluate``'s metrics are computed from, as plain functions over the pipeline's artifacts
+(the metrics themselves are declared in ``pipeline/evaluation/metrics.py``): fair reference
+subsets, cached Inception features of the reference images, pooled backbone features, the linear
+probe of the tokens and the vectors the ridge readouts read (tokens, backbone levels)."""
 
 from __future__ import annotations
 

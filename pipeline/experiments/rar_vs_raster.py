@@ -18,7 +18,7 @@ from pipeline.experiments.revisions import flatten, read_json
 from pipeline.experiments.runs import run_experiments
 from pipeline.layout import Layout
 from vfmtok import files
-from vfmtok.config import generator_family
+from vfmtok.generator_config import generator_family
 
 REPORTS = ("train_ar", "sample", "metrics")
 LEAD = [  # (row label, report, key): the rows shown first

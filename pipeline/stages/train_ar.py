@@ -5,13 +5,14 @@ Reads ``ar_model``, ``train_ar``, ``judge``, ``tokenizer``, ``data/tokens``, ``d
 ``data/prepared``; writes ``data/generator`` (the model's ``save_pretrained`` folder),
 ``reports/train_ar.json`` (final val loss, the sample-quality curve: FD and class accuracy of a
 fixed sample set judged every ``quality_every`` steps, steps to val-loss thresholds, tokens/s)
-and ``reports/train_ar/`` (DVCLive curves). Checkpoints: ``data/checkpoints/gpt`` (persisted).
+and ``reports/train_ar/`` (DVCLive curves). Checkpoints: ``data/checkpoints/generator`` (persisted).
 Both token files are validated before the first step, so a bad file stops the stage before
 anything is written.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +40,24 @@ STAGE = "train_ar"
 
 
 @dataclass
-class Trained:
-    model: zoo.Generator  # trained in place (sharded under FSDP2)
+class FitResult:
+    """What :func:`fit` hands the flow: the model it trained in place (sharded under FSDP2)."""
+
+    model: zoo.Generator
     steps_run: int
     seconds: float
+
+
+def checkpoint_dir(layout: Layout) -> Path:
+    """``data/checkpoints/generator``; a resume state left under the folder's earlier name
+    (``data/checkpoints/gpt``) is moved there first, so an interrupted run still resumes."""
+    folder = layout.checkpoints("generator")
+    legacy = layout.checkpoints("gpt")
+    if legacy.is_dir() and not folder.exists() and distributed.is_main():
+        os.replace(legacy, folder)
+        print(f"moved {legacy} to {folder}")
+    distributed.barrier()
+    return folder
 
 
 def rank_stream(train: tokens.TokenFile, global_batch: int, seed: int) -> TokenStream | distributed.RankSlice:
@@ -68,8 +83,8 @@ def token_files(params: Params, layout: Layout) -> tuple[tokens.TokenFile, token
 
 
 @task(retries=1, retry_delay_seconds=2, retry_condition_fn=retry_unless_user_error)
-def fit(params: Params, layout: Layout, device: torch.device) -> Trained:
-    """Build the GPT here, from the seed or the last checkpoint, so that a retried attempt starts
+def fit(params: Params, layout: Layout, device: torch.device) -> FitResult:
+    """Build the generator here, from the seed or the last checkpoint, so that a retried attempt starts
     exactly where an uninterrupted run would be, then train."""
     cfg = params.train_ar
     train, val = token_files(params, layout)
@@ -77,7 +92,7 @@ def fit(params: Params, layout: Layout, device: torch.device) -> Trained:
     torch.manual_seed(cfg.seed)
     model_cfg = params.ar_model.model_config(params.tokenizer.codebook_size, params.tokenizer.n_tokens,
                                              num_classes)
-    model = zoo.build_generator(model_cfg).to(device)
+    model = zoo.build_from_config(model_cfg).to(device)
     run_config = {k: result_dict(getattr(params, k)) for k in ("tokenizer", "ar_model", "judge", STAGE)}
     run_config["tokens_sha256"] = train.meta.get("tokenizer_sha256")
     live, progress, every = None, None, curve_every(cfg.steps)
@@ -97,14 +112,14 @@ def fit(params: Params, layout: Layout, device: torch.device) -> Trained:
 
     start = time.perf_counter()
     steps_run = train_ar(model, rank_stream(train, cfg.batch_size, cfg.seed), cfg,
-                         layout.checkpoints("generator"), device,
+                         checkpoint_dir(layout), device,
                          val_batches=lambda: iter_batches(val, cfg.batch_size, cfg.val_rows),
-                         on_log=log, run_config=run_config, step_fn=zoo.training_step(model, cfg),
+                         on_log=log, run_config=run_config, step_fn=model.step_fn(cfg),
                          quality=_quality(params, layout, device))
     if live is not None:
         live.end()
         progress.close()
-    return Trained(model, steps_run, time.perf_counter() - start)
+    return FitResult(model, steps_run, time.perf_counter() - start)
 
 
 def _quality(params: Params, layout: Layout, device: torch.device) -> SampleQuality | None:

@@ -17,21 +17,17 @@ from typing import Literal
 
 import yaml
 
-from vfmtok.config import (
-    ARTrainConfig,
-    BackboneConfig,
-    Device,
+from vfmtok.config import ARTrainConfig, BackboneConfig, Device, TokenizerConfig, TokenizerTrainConfig
+from vfmtok.config_schema import NEUTRAL, ConfigError, config_error, from_dict, mark_alias, mark_file
+from vfmtok.generator_config import (
+    ZOO,
+    GeneratorDropouts,
     GPTConfig,
-    GPTRegularization,
     RARConfig,
-    TokenizerConfig,
-    TokenizerTrainConfig,
     generator_config,
     generator_family,
 )
-from vfmtok.config_schema import NEUTRAL, ConfigError, config_error, from_dict, mark_alias, mark_file
 
-PROFILES_DIR = "params"
 # yaml.safe_load's rules, parsed by libyaml where PyYAML has it (10x faster than the pure Python
 # parser: every stage and every check reads the file first).
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -96,13 +92,13 @@ class TokenizeParams:
 
 
 @dataclass(kw_only=True)
-class ARModelParams(GPTRegularization):
-    """A generator of either zoo by name (``GPT-*``: raster LlamaGen GPT, ``RAR-*``: RAR; one switch
-    for the whole pipeline) and its regularisation; vocabulary, token count and classes come from
-    the tokenizer and the data (:meth:`model_config`)."""
+class ARModelParams(GeneratorDropouts):
+    """A generator by its zoo name (``GPT-*``: raster LlamaGen GPT, ``RAR-*``: RAR; one switch for
+    the whole pipeline) and its regularisation; vocabulary, token count and classes come from the
+    tokenizer and the data (:meth:`model_config`)."""
 
     model: str
-    # "zero" for GPTs imported from VFMTok / LlamaGen (vfmtok.config.GPTConfig.cls_rope)
+    # "zero" for GPTs imported from VFMTok / LlamaGen (vfmtok.generator_config.GPTConfig.cls_rope)
     cls_rope: Literal["identity", "zero"] = "identity"
 
     @property
@@ -110,15 +106,18 @@ class ARModelParams(GPTRegularization):
         """``gpt`` or ``rar``: the model folder's kind."""
         return generator_family(self.model) or ""
 
+    def _takes_cls_rope(self) -> bool:
+        return "cls_rope" in ZOO[self.model].config_cls.__dataclass_fields__
+
     def validate(self) -> None:
         if not self.family:
             generator_config(self.model)  # raises, naming every known size
-        if self.family == "rar" and self.cls_rope != "identity":
+        if self.cls_rope != "identity" and not self._takes_cls_rope():
             raise ConfigError("cls_rope", self.cls_rope, "is a GPT option (imported LlamaGen/VFMTok GPTs)")
 
     def model_config(self, vocab_size: int, n_tokens: int, num_classes: int) -> GPTConfig | RARConfig:
-        reg = {f: getattr(self, f) for f in GPTRegularization.__dataclass_fields__}
-        extra = {"cls_rope": self.cls_rope} if self.family == "gpt" else {}
+        reg = {f: getattr(self, f) for f in GeneratorDropouts.__dataclass_fields__}
+        extra = {"cls_rope": self.cls_rope} if self._takes_cls_rope() else {}
         return generator_config(self.model, **reg, **extra, vocab_size=vocab_size, n_tokens=n_tokens,
                                 num_classes=num_classes)
 
@@ -327,6 +326,12 @@ def load_params(path: str | Path = "params.yaml", check_paths: bool = True) -> P
         data = yaml.load(path.read_text(), Loader=SAFE_LOADER)
     except yaml.YAMLError as e:
         raise ConfigError("<file>", str(path), f"not valid YAML: {' '.join(str(e).split())}", path) from None
+    return params_from_data(data, path, check_paths)
+
+
+def params_from_data(data: object, path: str | Path, check_paths: bool = True) -> Params:
+    """Validate params already read (``path``: the file that errors name)."""
+    path = Path(path)
     try:
         if isinstance(data, dict):
             _fill_derived(data)
@@ -351,8 +356,3 @@ def load_promote(path: str | Path = "params.yaml") -> PromoteParams:
         raise ConfigError("<file>", str(path), f"not valid YAML: {' '.join(str(e).split())}", path) from None
     except ConfigError as e:
         raise e.in_file(path) from None
-
-
-def profile_path(name: str, root: str | Path = ".") -> Path:
-    """``params/<name>.yaml``: the demo, smoke and imagenet profiles."""
-    return Path(root) / PROFILES_DIR / f"{name}.yaml"
