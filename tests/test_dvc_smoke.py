@@ -211,7 +211,7 @@ def test_one_param_switches_the_generator_to_rar(project):
     meta = json.loads((project / "data" / "generator" / "config.json").read_text())
     assert meta["format"] == "vfmtok.rar" and meta["zoo_name"] == "RAR-Tiny"
     assert json.loads((project / "reports" / "sample.json").read_text())["generator"] == "RAR-Tiny"
-    code = readme_example("generate") + "\nassert type(gpt).__name__ == 'RAR', gpt\n"
+    code = readme_example("generate") + "\nassert type(generator).__name__ == 'RAR', generator\n"
     _run(project, sys.executable, "-c", code + "assert images.shape == (8, 32, 32, 3), images.shape\n")
 
 

@@ -209,8 +209,8 @@ def test_scheduled_retrain_on_a_real_server(served):
     assert exp is not None, "the run must be recorded as DVC experiment ci-smoke"
     assert exp["data"]["params"]["params.yaml"]["data"]["extract_features"]["batch_size"] == 16
     assert exp["data"]["metrics"]["reports/prepare.json"]["data"]["images"] == 100
-    assert _run(project, home, "git", "tag", "--list").split() == ["gpt@v0.0.1", "tokenizer@v0.0.1"]
-    tagged = _run(project, home, "git", "rev-list", "-n1", "gpt@v0.0.1").strip()
+    assert _run(project, home, "git", "tag", "--list").split() == ["generator@v0.0.1", "tokenizer@v0.0.1"]
+    tagged = _run(project, home, "git", "rev-list", "-n1", "generator@v0.0.1").strip()
     assert tagged == exp["rev"], "the registered version is the experiment's commit"
     times = _run(project, home, "git", "show", f"{tagged}:reports/stage_times.csv")
     assert ",prepare,ran," in times and ",extract_features,ran," in times
