@@ -6,6 +6,7 @@ The smoke pipeline's real models go through the same commands in tests/test_dvc_
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -91,6 +92,17 @@ def test_generate_bad_input_is_one_line_and_writes_nothing(root, tmp_path, capsy
     assert main(["--root", str(root), "generate", *args, "--out", str(out), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_a_generator_folder_under_its_earlier_name_is_one_line_saying_what_to_rename(root, tmp_path, capsys):
+    old = tmp_path / "project"
+    shutil.copytree(root, old)
+    (old / "data" / "generator").rename(old / "data" / "gpt")
+    out = tmp_path / "grid.png"
+    assert main(["--root", str(old), "generate", "--class", "1", "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"mv {old}/data/gpt {old}/data/generator" in err, err
     assert not out.exists()
 
 

@@ -1,12 +1,15 @@
-"""The loop both trainings share: one checkpoint format for the tokenizer and the generator, and a
-checkpoint of any other format is not resumed (training starts over instead of failing)."""
+"""The loop both trainings share: one checkpoint format for the tokenizer and the generator; a
+checkpoint of the loops' earlier formats resumes, one of any other format is not (training starts
+over instead of failing)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pipeline.training_inputs.token_stream import TokenStream
 from tests.helpers import CachedImages, tiny_tokenizer_config, write_token_file
+from tests.test_resume import Killed, _ar_run, _tokenizer_run, kill_at
 from vfmtok import zoo
 from vfmtok.backbones import build_backbone
 from vfmtok.checkpoint import CHECKPOINT_KEYS, CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -64,3 +67,40 @@ def test_a_checkpoint_of_another_format_is_not_resumed(tmp_path):
     assert load_checkpoint(path, state["config_hash"]) is None
     assert _generator_run(tmp_path) == 2  # trained from the start, and wrote a checkpoint of this format
     assert set(load_checkpoint(path)) == CHECKPOINT_KEYS
+
+
+def _in_earlier_format(state: dict) -> dict:
+    """What the two loops wrote before they shared one format (the inverse of
+    ``vfmtok.checkpoint.from_earlier_format``)."""
+    out = {"model": state["model"], "optimizer": state["optimizers"]["model"], "rng": state["rng"],
+           "step": state["step"], "config_hash": state["config_hash"]}
+    if state["ema"] is not None:  # the tokenizer's
+        out |= {"ema": state["ema"], "dead_codes": state["extras"]["dead_codes"],
+                "discriminator": state["extras"].get("discriminator", {}),
+                "optimizer_d": state["optimizers"].get("discriminator", {})}
+    return out
+
+
+def test_a_run_interrupted_under_the_earlier_format_resumes_exactly(tmp_path):
+    """A checkpoint of either loop's earlier format is converted, not dropped: the run resumes from
+    it and ends with the weights of an uninterrupted run."""
+    backbone = build_backbone(BackboneConfig(kind="efficientnet_lite0", image_size=32))
+    data = CachedImages(backbone)
+    ref_tok, _, _ = _tokenizer_run(tmp_path / "tok_a", backbone, data, restart_dead_every=3)
+    with pytest.raises(Killed):
+        _tokenizer_run(tmp_path / "tok_b", backbone, data, kill_at(2), restart_dead_every=3)
+    f = write_token_file(tmp_path / "t.parquet")
+    ref_gen, _ = _ar_run(tmp_path / "gen_a", TokenStream(f, 8, 0))
+    with pytest.raises(Killed):
+        _ar_run(tmp_path / "gen_b", TokenStream(f, 8, 0), on_log=kill_at(4))
+    for folder in ("tok_b", "gen_b"):
+        path = tmp_path / folder / CHECKPOINT_NAME
+        save_checkpoint(path, _in_earlier_format(load_checkpoint(path)))
+        assert set(torch.load(path, weights_only=True)) != CHECKPOINT_KEYS
+
+    tok, res, _ = _tokenizer_run(tmp_path / "tok_b", backbone, data, restart_dead_every=3)
+    gen, ran = _ar_run(tmp_path / "gen_b", TokenStream(f, 8, 0))
+    assert (res.resumed_from, ran) == (2, 2)
+    for ref, model in ((ref_tok, tok), (ref_gen, gen)):
+        for (k, v), (k2, v2) in zip(ref.state_dict().items(), model.state_dict().items(), strict=True):
+            assert k == k2 and torch.equal(v, v2), k

@@ -49,15 +49,39 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path, expected_config: str | None = None) -> dict[str, Any] | None:
-    """The checkpoint at ``path`` (loaded with ``weights_only=True``), or None when there is none,
-    it was written for another config, or it holds other keys than :data:`CHECKPOINT_KEYS` (written
-    by other code): then training starts fresh."""
+    """The checkpoint at ``path`` (loaded with ``weights_only=True``, an earlier format converted),
+    or None when there is none, it was written for another config, or by other code: then
+    training starts fresh."""
     path = Path(path)
     if not path.is_file():
         return None
     state = torch.load(path, map_location="cpu", weights_only=True)
     if set(state) != CHECKPOINT_KEYS:
-        return None
-    if expected_config is not None and state.get("config_hash") != expected_config:
+        state = from_earlier_format(state)
+    if state is None or (expected_config is not None and state.get("config_hash") != expected_config):
         return None
     return state
+
+
+# The keys each training loop wrote before both shared one format (besides "rng_ranks", written
+# only under torchrun): a run interrupted then still resumes where it was.
+EARLIER_TOKENIZER_KEYS = frozenset({"model", "optimizer", "ema", "discriminator", "optimizer_d", "rng",
+                                    "step", "config_hash", "dead_codes"})
+EARLIER_GENERATOR_KEYS = frozenset({"model", "optimizer", "rng", "step", "config_hash"})
+
+
+def from_earlier_format(state: dict[str, Any]) -> dict[str, Any] | None:
+    """A checkpoint of either loop's earlier format in this one's keys (the same states, named
+    by what they belong to); None for anything else."""
+    keys = set(state) - {"rng_ranks"}
+    if keys not in (EARLIER_TOKENIZER_KEYS, EARLIER_GENERATOR_KEYS):
+        return None
+    optimizers, extras = {"model": state["optimizer"]}, {}
+    if keys == EARLIER_TOKENIZER_KEYS:
+        extras["dead_codes"] = state["dead_codes"]
+        if state["optimizer_d"]:  # empty without a GAN discriminator
+            optimizers["discriminator"] = state["optimizer_d"]
+            extras["discriminator"] = state["discriminator"]
+    return {"model": state["model"], "optimizers": optimizers, "ema": state.get("ema"), "extras": extras,
+            "rng": state["rng"], "rng_ranks": state.get("rng_ranks", [state["rng"]]), "step": state["step"],
+            "config_hash": state["config_hash"]}

@@ -79,6 +79,7 @@ def generate_grid(root: Path, class_spec: str, out: Path, sampling: Sampling, de
     sampling.check()
     import torch
 
+    from pipeline.models.trained import generator_folder
     from pipeline.reporting import grids
     from vfmtok import zoo
     from vfmtok.device import autocast, pick_device
@@ -88,7 +89,7 @@ def generate_grid(root: Path, class_spec: str, out: Path, sampling: Sampling, de
 
     layout = Layout(root)
     dev = pick_device(device)
-    folder = generator_dir or layout.generator
+    folder = generator_folder(layout, generator_dir)
     model = zoo.from_pretrained(folder, dev)  # a GPT or a RAR: its config.json says which
     label, name = resolve_class(class_spec, model.config.num_classes, layout.prepared)
     tokenizer = Tokenizer.from_pretrained(tokenizer_dir or layout.tokenizer, dev)
