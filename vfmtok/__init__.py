@@ -1,2 +1,3 @@
-"""VFMTok: frozen vision foundation models as visual tokenizers, and a LlamaGen-style GPT over their
-tokens. Plain PyTorch + timm; knows nothing of DVC or Prefect. Configs: ``vfmtok.config``."""
+"""VFMTok: frozen vision foundation models as visual tokenizers, and a raster GPT or RAR over their
+tokens. Plain PyTorch + timm; knows nothing of DVC or Prefect (``vfmtok/ruff.toml`` keeps it so).
+Configs: ``vfmtok.config`` and ``vfmtok.generator_config``; models by name: ``vfmtok.zoo``."""
