@@ -31,8 +31,9 @@ def profile_names(root: str | Path = ".") -> list[str]:
 def profile_file(name: str, root: str | Path = ".") -> Path:
     """``params/NAME.yaml``; an unknown name is refused with the known ones."""
     path = Path(root) / PROFILES_DIR / f"{name}.yaml"
+    what = "the base every profile starts from, not a profile" if name == BASE else "no such profile"
     if name == BASE or not path.is_file():
-        raise UserError(f"{path}: no such profile (known: {', '.join(profile_names(root))})")
+        raise UserError(f"{path}: {what} (known: {', '.join(profile_names(root))})")
     return path
 
 
