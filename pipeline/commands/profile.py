@@ -23,4 +23,5 @@ def main(args: argparse.Namespace) -> None:
     print(f"params.yaml is now the {args.name!r} profile ({profile_file(args.name, args.root)})")
 
 
-COMMAND = Command("profile", "activate params/NAME.yaml", add_arguments, main)
+COMMAND = Command("profile", "make params/NAME.yaml (over params/base.yaml) the complete params.yaml",
+                  add_arguments, main)
