@@ -95,10 +95,11 @@ def profile_text(name: str, root: str | Path = ".") -> str:
     path, base_path = profile_file(name, root), root / PROFILES_DIR / f"{BASE}.yaml"
     rt = YAML()
     rt.width, rt.preserve_quotes = 4096, True  # never fold a long line; "" stays ""
-    base, overrides = rt.load(base_path.read_text()), rt.load(path.read_text())
+    text = path.read_text()
+    base, overrides = rt.load(base_path.read_text()), rt.load(text)
     if overrides:
         _overlay(base, overrides)
-    header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+    header = [line for line in text.splitlines() if line.startswith("#")]
     header = header[:next((i for i, line in enumerate(header) if not line.strip("# ")), len(header))]
     out = io.StringIO()
     rt.dump(base, out)
