@@ -291,6 +291,7 @@ def test_every_profile_passes_check_and_builds(tmp_path, monkeypatch, name):
     assert outcome(tmp_path, base(name), 1, monkeypatch) == ("ok", "")
 
 
+@pytest.mark.slow
 def test_random_edits_find_no_case_that_check_passes_and_a_stage_rejects(tmp_path, monkeypatch, one_thread,
                                                                           check_builds_once):
     rng, verdicts, findings = random.Random(SEED), Counter(), []

@@ -3,6 +3,7 @@ only, until the cut-off; and in a short training run they raise the share of cod
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -68,6 +69,7 @@ def _val_usage(tmp, restart_dead_every: int) -> float:
     return usage
 
 
+@pytest.mark.slow
 def test_restarts_raise_codebook_usage_in_a_short_run(tmp_path):
     without, with_restarts = _val_usage(tmp_path, 0), _val_usage(tmp_path, 5)
     # measured: 8% of the 64 codes in use without restarts, 89% with them

@@ -88,6 +88,7 @@ def _worst_corner(err: torch.Tensor) -> float:
 # same way on the same machine (two runs that differ only in the rule under test).
 
 
+@pytest.mark.slow
 def test_no_fixed_position_peak_with_the_new_grouping():
     new = _fixed_position_peak(_mean_error())
     old = _fixed_position_peak(_mean_error(groups=instance_norm_groups))
@@ -96,6 +97,7 @@ def test_no_fixed_position_peak_with_the_new_grouping():
     assert old > 1.6 * new, (old, new)
 
 
+@pytest.mark.slow
 def test_replicate_padding_leaves_no_corner_error():
     zeros, replicate = _mean_error(), _mean_error(padding_mode="replicate")
     # measured: 11.3-11.7 grey levels at the worst corner with zero padding, 1.1-1.3 with replicate

@@ -179,6 +179,7 @@ def weights(ckpt: Path) -> dict:
 # ----------------------------------------------------------------------------- the test
 
 
+@pytest.mark.slow
 def test_two_process_gloo_matches_one_process(tmp_path, one_thread):
     f = token_file(tmp_path / "t.parquet")
     ar_run(tmp_path / "ar_resume_fsdp", GlobalStream(f), 2)  # a 1-process checkpoint at step 2

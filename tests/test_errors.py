@@ -40,6 +40,7 @@ def _only_error_line(captured: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_bad_source_path_is_one_line_and_writes_nothing(tmp_path):
     root = _project(tmp_path, path=str(tmp_path / "no-such-folder"))
     proc = _run_cli(root, "prepare")
@@ -50,6 +51,7 @@ def test_bad_source_path_is_one_line_and_writes_nothing(tmp_path):
     assert debug.returncode != 0 and "Traceback" in debug.stderr
 
 
+@pytest.mark.slow
 def test_flat_val_without_labels_is_one_line_and_writes_nothing(tmp_path, capfd):
     src = tmp_path / "imagenet"
     (src / "train" / "n01440764").mkdir(parents=True)
@@ -64,6 +66,7 @@ def test_flat_val_without_labels_is_one_line_and_writes_nothing(tmp_path, capfd)
 
 
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.slow
 def test_bad_token_file_names_the_row_before_training(tmp_path, capfd):
     root = _project(tmp_path)
     (root / "data" / "prepared").mkdir(parents=True)
@@ -89,6 +92,7 @@ def test_bad_token_file_names_the_row_before_training(tmp_path, capfd):
 
 
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.slow
 def test_missing_model_folder_is_one_line(tmp_path, capfd):
     root = _project(tmp_path)
     rc = stage.main(["tokenize", "--root", str(root), "--params", str(root / "params.yaml")])
@@ -125,6 +129,7 @@ def test_a_generator_folder_of_the_other_family_or_size_is_refused(tmp_path):
         load_generator(layout, rar_params, 7, "cpu")
 
 
+@pytest.mark.slow
 def test_a_launch_the_batch_does_not_split_over_is_one_line(tmp_path, capfd, monkeypatch):
     """Under torchrun each of WORLD_SIZE processes takes batch_size / WORLD_SIZE rows: a stage of
     a launch that does not divide the batch stops before it starts, as ``check`` does."""
@@ -141,6 +146,7 @@ def test_a_launch_the_batch_does_not_split_over_is_one_line(tmp_path, capfd, mon
 
 
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.slow
 def test_a_rule_of_a_built_model_stops_the_stage_with_the_line_of_check(tmp_path, capfd, monkeypatch):
     """Taps beyond a ViT's depth are known once the ViT is built: ``check`` builds it on the meta
     device, the stage for real, and both print the same line (exit 2: not retried)."""

@@ -118,6 +118,7 @@ json.dump({"model": open("model.txt").read(), "scale": scale}, open("metrics.jso
 """
 
 
+@pytest.mark.slow
 def test_runs_from_an_experiment_rerun_only_what_changed_and_leave_the_workspace(tmp_path, monkeypatch):
     """A CFG-sweep-like run from an experiment's results: the persisted (so never run-cached)
     training stage is not re-run, the workspace ends as committed, and a dirty one is refused."""

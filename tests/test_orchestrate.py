@@ -115,6 +115,7 @@ def _artifacts(flow_run_name: str) -> dict[str, object]:
     return {a.key: a.data for a in found}
 
 
+@pytest.mark.slow
 def test_dag_order_comes_from_dvc(tiny):
     names = [s.name for s in dag.dag_stages(tiny)]
     assert names[0] == "a" and names[-1] == "report" and sorted(names[1:3]) == ["b", "c"]
@@ -122,6 +123,7 @@ def test_dag_order_comes_from_dvc(tiny):
     assert {s.name: s.metrics for s in dag.dag_stages(tiny)}["report"] == ["metrics.json"]
 
 
+@pytest.mark.slow
 def test_flaky_stage_is_retried_and_a_second_run_reruns_nothing(tiny):
     from pipeline.cli import main
 
@@ -163,6 +165,7 @@ def test_flaky_stage_is_retried_and_a_second_run_reruns_nothing(tiny):
     assert {t["status"] for t in third[1:3]} == {"up to date"}
 
 
+@pytest.mark.slow
 def test_stage_failing_every_attempt_fails_the_flow_and_is_recorded(tmp_path):
     root = _project(tmp_path / "bad", """
         stages:
@@ -189,6 +192,7 @@ sys.exit(2)
 """
 
 
+@pytest.mark.slow
 def test_a_stage_user_error_is_not_retried_and_ends_the_run_with_its_line(tmp_path, monkeypatch, capsys,
                                                                          caplog):
     """Exit status 2 is a stage's bad input (DVC itself exits 255 and names the status): no retry,
@@ -269,6 +273,7 @@ HELLO_CMD = ("python -c \"import sys; sys.path.insert(0, '.'); from pipeline.orc
              "import run_stage_flow; run_stage_flow('hello', 'tinyflow', {})\"")
 
 
+@pytest.mark.slow
 def test_stage_runs_folded_into_its_task_without_prefect_and_reports_its_times(tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter
@@ -300,6 +305,7 @@ def test_stage_runs_folded_into_its_task_without_prefect_and_reports_its_times(t
     assert not any(re.search(r"\d\d:\d\d:\d\d\.\d{3} \|", m) for m in parent_logs), "a second timestamp"
 
 
+@pytest.mark.slow
 def test_a_stage_alone_is_a_prefect_flow_with_its_tasks(tmp_path, monkeypatch):
     """Outside an orchestrating run the same module is a Prefect flow; its tasks are Prefect tasks."""
     from prefect.client.orchestration import get_client
@@ -338,6 +344,7 @@ def _git_out(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
+@pytest.mark.slow
 def test_retrain_leaves_the_checkout_alone_and_promotes_only_a_better_model(tiny):
     """Three flow runs in one test (~1 min on 2 cores): the baseline, a better and a worse retrain,
     each retrain in its own clone; the second decision depends on the first promotion."""

@@ -26,6 +26,7 @@ from vfmtok.config_schema import ConfigError
 from vfmtok.metrics import batch_psnr
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # the stages' flows end to end, as Prefect flow runs against its API
 
 
 def make_project(tmp: Path, source_root: Path, name: str = "proj", **prepare) -> Path:

@@ -25,6 +25,7 @@ def _gfid(ref: measures.Reference, feats: np.ndarray) -> float:
     return fd.frechet_distance(ref.mu, ref.sigma, *fd.feature_stats(feats))
 
 
+@pytest.mark.slow
 def test_fid_against_a_reference_npz_equals_fid_against_its_images(tmp_path, extractor):
     layout = Layout(tmp_path)
     val = smooth_uint8(24, 32, seed=1)

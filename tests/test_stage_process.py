@@ -138,6 +138,7 @@ def prepared(tmp_path_factory) -> Path:
 
 
 @pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.slow
 def test_a_killed_stage_takes_its_api_along_and_resumes_with_its_lines_in_a_pipe(prepared, tmp_path):
     """One training run, killed (``kill -9``) after its step-1 checkpoint, then run again: its API
     is gone within a bounded wait, the progress lines and then the resume line reach the pipe, and
@@ -180,6 +181,7 @@ ORPHAN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_run_api_dies_with_the_process_that_started_it(tmp_path):
     """Every throw-away API (``reproduce``, a stage alone, ``claims``) gets the parent-death signal:
     its starter killed with SIGKILL, the server goes too, whatever it was doing (here: starting)."""

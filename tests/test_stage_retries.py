@@ -19,7 +19,10 @@ from pipeline.stages.prepare import prepare_flow
 from pipeline.stages.tokenize import tokenize_flow
 from tests.conftest import FASHION_MNIST, REPO
 
-pytestmark = pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="dataset-fashion-mnist not installed")
+pytestmark = [
+    pytest.mark.slow,  # each stage's flow run end to end against Prefect's API
+    pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="dataset-fashion-mnist not installed"),
+]
 
 
 class Flaky(RuntimeError):

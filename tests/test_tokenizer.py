@@ -227,6 +227,7 @@ def test_slot_skip_makes_the_pixel_branch_depend_on_the_tokens_at_init(backbone)
     assert out.recon.shape == images.shape
 
 
+@pytest.mark.slow
 def test_tiny_overfit_halves_pixel_mse_without_code_collapse(backbone):
     torch.manual_seed(0)
     model = build_tokenizer(demo_config(), backbone).train()
