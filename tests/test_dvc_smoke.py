@@ -246,3 +246,33 @@ def test_samples_and_tokens_do_not_depend_on_the_number_of_processes(project, tm
         _torchrun(project, nproc, stage, tmp_path / f"run{i}")
         for f in files[stage]:
             assert (project / f).read_bytes() == one[f], (f, nproc, i)
+
+
+@pytest.mark.slow  # (the module is slow already: this one adds a second whole run, ~150 s)
+def test_a_second_run_from_nothing_writes_the_same_bytes(project, tmp_path):
+    """Same machine, params and threads: a second copy of the project, run from nothing (no data,
+    no DVC cache, no checkpoints, no reports), writes every output byte-identical to this module's
+    run, as their ``dvc.lock`` hashes say. The reports of numbers are left out, as ``vfmtok-pipeline
+    verify`` leaves them out (they record wall-clock times); their metrics must be equal instead."""
+    from pipeline.experiments import reference_run as ref
+
+    _run(project, "dvc", "repro", folded=True)  # current for whatever params the tests before left
+    again = tmp_path / "again"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=project,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        if rel.split("/")[0] not in ("data", "reports", "dvc.lock") and (project / rel).is_file():
+            (again / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(project / rel, again / rel)
+    _run(again, "git", "init", "-q")
+    _run(again, "git", "add", "-A")
+    _run(again, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "again")
+    out = _run(again, "dvc", "repro", folded=True)
+    assert all(f"Running stage '{stage}'" in out for stage in STAGES)
+    reports = ref.number_reports((project / "dvc.yaml").read_text())
+    first, second = (ref.outputs((p / "dvc.lock").read_text(), reports, str(p)) for p in (project, again))
+    same = ref.compare(second, first)
+    assert same.total >= 10 and len(same.identical) == same.total and not same.moved, same
+    untimed = ({k: v for k, v in json.loads((p / "reports" / "metrics.json").read_text()).items()
+                if k != "seconds"} for p in (project, again))
+    assert next(untimed) == next(untimed)
