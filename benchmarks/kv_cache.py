@@ -1,4 +1,4 @@
-"""The KV-cache figure, measured so that it holds: 256-token draws at batch 8 (the README's GPT-Tiny
+"""The KV-cache figure, measured so that it holds: 256-token draws at batch 8 (docs/performance.md's GPT-Tiny
 figure, on the demo's codebook), repeated, reported as the median and range of each timing and of
 the speed-up; eager, and with the compiled decode step (``generate(compile=True)``, what
 ``sample.compile`` turns on); then where one decode step's time goes (a profile).

@@ -1,5 +1,5 @@
 """One tokenizer configuration on the current checkout's data: train it, then score it the way
-``evaluate`` does. The table "What limits the demo tokenizer" in the README was made this way.
+``evaluate`` does. The table of docs/demo-tokenizer-study.md was made this way.
 
     .venv/bin/python benchmarks/tokenizer_ablation.py NAME [KEY=VALUE ...] [--threads 1]
     .venv/bin/python benchmarks/tokenizer_ablation.py skip tokenizer.dec_slot_skip=true \\

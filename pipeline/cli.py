@@ -5,8 +5,8 @@ around the pipeline.
 STAGE`` does (``pipeline/stage.py``). A user error (bad params, source, token file, missing
 model) prints one ``error:`` line and exits with 2; ``--debug`` (or ``VFMTOK_DEBUG=1``) shows the
 traceback instead. Each command is a module of ``pipeline/commands/``. ``check`` builds the
-params' models on torch's meta device (``--no-build``: no torch); ``profile``, ``deps`` and
-``summary`` import no torch and no Prefect; ``generate`` and ``reconstruct`` use the trained
+params' models on torch's meta device (``--no-build``: no torch); ``profile``, ``deps``,
+``summary`` and ``docs`` import no torch and no Prefect; ``generate`` and ``reconstruct`` use the trained
 model folders; ``reproduce`` and ``serve`` are the Prefect orchestration
 (``pipeline/orchestration/``).
 """
@@ -24,6 +24,7 @@ from pipeline.commands import (
     claims,
     compare,
     deps,
+    docs,
     generate,
     import_weights,
     profile,
@@ -33,6 +34,7 @@ from pipeline.commands import (
     serve,
     stages,
     summary,
+    verify,
 )
 from pipeline.orchestration import prefect_env
 
@@ -40,7 +42,7 @@ from pipeline.orchestration import prefect_env
 def commands() -> list[Command]:
     """Every command, in the order ``--help`` lists them: the stages first."""
     tools = [profile, check, deps, compare, claims, rar_vs_raster, import_weights, reproduce, generate,
-             reconstruct, summary, serve]
+             reconstruct, summary, verify, docs, serve]
     return [*stages.commands(), *(module.COMMAND for module in tools)]
 
 

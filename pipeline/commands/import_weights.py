@@ -188,5 +188,5 @@ def main(args: argparse.Namespace) -> None:
 
 
 HELP = ("released VFMTok / LlamaGen checkpoints -> data/tokenizer, data/generator "
-        "(see README: Importing released weights)")
+        "(see docs/imagenet.md: Importing released weights)")
 COMMAND = Command("import-weights", HELP, add_arguments, main)

@@ -4,7 +4,7 @@ Reads ``prepare.source``, ``prepare.path``, ``prepare.devkit`` and the source fo
 ``data/source_listing.tsv`` (``pipeline/formats/source_listing.py``): every file ``prepare`` will
 read, with its size and mtime, and every entry it will pass over. ``prepare`` depends on this
 file, not on the source folder, so ``dvc status`` never walks or hashes the source (100,000
-files: seconds instead of minutes; see the README). DVC re-runs this stage when those params or
+files: seconds instead of minutes; see docs/imagenet.md). DVC re-runs this stage when those params or
 its code change; after editing the source, run it by hand (``vfmtok-pipeline list_source``):
 it says what changed, and the next ``dvc repro`` re-runs ``prepare`` only if something did.
 """
