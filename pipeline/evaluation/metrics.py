@@ -133,9 +133,9 @@ METRICS: tuple[Metric, ...] = (
            Reconstructions, _psnr, 3, label="PSNR", fmt=".2f", better="higher"),
     Metric("ssim", "SSIM (scikit-image, 7x7 window, channel_axis), uint8, data_range 255, mean over val",
            Reconstructions, _ssim, 4, label="SSIM", fmt=".3f", better="higher"),
-    Metric("error_bias_max", "largest |mean over val images of (recon - original)| over 8x8-pixel blocks, "
-                             "grey levels: an error every image shares (a fixed-position artifact); "
-                             "see error_map.png",
+    Metric("error_bias_max", "largest absolute value, over 8x8-pixel blocks, of the mean over val "
+                             "images of (recon - original), grey levels: an error every image shares "
+                             "(a fixed-position artifact); see error_map.png",
            Reconstructions, lambda r: r.error[2], 3, better="lower"),
     Metric("codebook_usage", "unique codes in the val tokens / codebook size",
            Reconstructions, lambda r: r.codebook[0], 4, label="codebook usage", fmt=".1%", better="higher"),
