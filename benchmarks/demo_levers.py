@@ -36,11 +36,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-OLD_GENERATOR = {  # the generator settings the levers start from
+OLD_GENERATOR = {  # the published recipe at the demo's former 200 steps: where the levers start
     "train_ar.steps": 200, "train_ar.lr": 0.001, "train_ar.lr_schedule": "constant",
-    "train_ar.warmup_steps": 20, "train_ar.quality_every": 50,
-    "ar_model.class_dropout": 0.1, "ar_model.token_dropout": 0.1, "ar_model.resid_dropout": 0.1,
-    "sample.temperature": 1.0,
+    "train_ar.warmup_steps": 20, "ar_model.class_dropout": 0.1, "ar_model.token_dropout": 0.1,
+    "ar_model.resid_dropout": 0.1, "sample.temperature": 1.0, "sample.top_p": 1.0,
 }
 
 
@@ -58,21 +57,22 @@ def _on_old(**changes) -> dict:
 
 RECIPE = dict(train_ar__lr=0.002, train_ar__lr_schedule="cosine", ar_model__token_dropout=0.0,
               ar_model__resid_dropout=0.0)
-LONGER = dict(RECIPE, train_ar__steps=480, train_ar__warmup_steps=40, train_ar__quality_every=120)
-COOLER = dict(LONGER, sample__temperature=0.7)
+LONGER = dict(RECIPE, train_ar__steps=480, train_ar__warmup_steps=40)
+SHARPER = dict(sample__temperature=0.8, sample__top_p=0.7)
+DEMO = dict(LONGER, **SHARPER)
 VARIANTS = [
-    Variant("before", "-", "200 AR steps at lr 1e-3, dropouts 0.1, temperature 1.0", _on_old()),
-    Variant("temperature", "sampling", "temperature 0.7", _on_old(sample__temperature=0.7)),
+    Variant("before", "-", "200 AR steps, lr 1e-3 constant, dropouts 0.1, temperature 1", _on_old()),
+    Variant("sharper", "sampling", "temperature 0.8, top-p 0.7", _on_old(**SHARPER)),
     Variant("recipe", "AR recipe", "lr 2e-3 cosine, no token/residual dropout (200 steps)",
             _on_old(**RECIPE)),
     Variant("steps", "AR budget", "... and 480 steps (warm-up 40)", _on_old(**LONGER)),
-    Variant("steps_t07", "sampling", "... and temperature 0.7", _on_old(**COOLER)),
-    Variant("no_class_dropout", "AR recipe", "... and no class dropout (no CFG possible)",
-            _on_old(**COOLER, ar_model__class_dropout=0.0)),
-    Variant("cfg", "guidance", "the 480-step model with CFG 2.0 at temperature 1.0",
+    Variant("demo", "sampling", "... and temperature 0.8, top-p 0.7 (the demo)", _on_old(**DEMO)),
+    Variant("no_class_dropout", "AR recipe", "the demo without class dropout (no CFG possible)",
+            _on_old(**DEMO, ar_model__class_dropout=0.0)),
+    Variant("cfg", "guidance", "the demo's generator, CFG 2.0 at temperature 1, top-p 1",
             _on_old(**LONGER, sample__cfg_scale=2.0)),
-    Variant("tokens16", "token count", "16 tokens (4x4 grid) instead of 64, 480 steps, temperature 0.7",
-            _on_old(**COOLER, tokenizer__n_tokens=16, tokenizer__pixel_grid=4,
+    Variant("tokens16", "token count", "the demo with 16 tokens (4x4 grid) instead of 64",
+            _on_old(**DEMO, tokenizer__n_tokens=16, tokenizer__pixel_grid=4,
                     tokenizer__conv_mult=[1, 1, 2, 4, 4])),
 ]
 

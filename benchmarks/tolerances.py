@@ -61,7 +61,7 @@ def _git_run(root: Path, label: str, rev: str, reports: set[str]) -> dict:
     return {"label": label, "cpu": None, "threads": (params.get("launch") or {}).get("cpu_threads"),
             "date": ref.commit_date(root, commit),
             "source": f"git:{rev}" if commit.startswith(rev) else f"git:{rev} ({commit[:7]})",
-            "metrics": _metrics(text, f"{label}: git:{rev}:reports/metrics.json"),
+            "metrics": ref.metrics(text, f"{label}: git:{rev}:reports/metrics.json"),
             "outputs": ref.outputs(lock, reports, f"git:{rev}:dvc.lock") if lock else None}
 
 
@@ -74,18 +74,8 @@ def _folder_run(label: str, folder: Path, reports: set[str]) -> dict:
     info = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
     lock = folder / "dvc.lock"
     return {"label": label, "cpu": info.get("cpu"), "threads": info.get("threads"), "date": info.get("date"),
-            "source": str(folder), "metrics": _metrics(text, f"{label}: {path}"),
+            "source": str(folder), "metrics": ref.metrics(text, f"{label}: {path}"),
             "outputs": ref.outputs(lock.read_text(), reports, str(lock)) if lock.is_file() else None}
-
-
-def _metrics(text: str, source: str) -> dict:
-    try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise UserError(f"{source}: not JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{source}: not a JSON object of metrics")
-    return data
 
 
 def _threads(value: str, label: str) -> int:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from pipeline.cli import main
@@ -21,6 +23,7 @@ from tests.helpers import tiny_tokenizer_config
 from vfmtok import files, zoo
 from vfmtok.tokenizer import build_tokenizer
 
+REPO = Path(__file__).resolve().parents[1]
 CLASSES = [{"label": i, "key": k, "name": n} for i, (k, n) in enumerate(
     [("n01", "T-shirt/top"), ("n02", "Trouser"), ("n03", "Ankle boot")])]
 
@@ -63,11 +66,31 @@ def test_generate_writes_a_seeded_grid(root, tmp_path, capsys):
         assert main(["--root", str(root), "generate", "--class", "trouser", "-n", "10", "--out", str(out),
                      "--seed", str(seed), "--cfg", "2.5", "--temperature", "1.2", "--device", "cpu"]) == 0
     said = capsys.readouterr().out
-    assert "10 samples of class 1 (Trouser), 32 px, cfg 2.5, temperature 1.2, seed 1" in said
+    assert "10 samples of class 1 (Trouser), 32 px, cfg 2.5, temperature 1.2, top-k 0, top-p 1, seed 1" \
+        in said
     grid = np.asarray(Image.open(a))
     # 8 a row, two rows; cells scaled 4x to 128 px, 2 px padding (scaled too)
     assert grid.shape == (2 * (32 + 2) * 4 + 2 * 4, 8 * (32 + 2) * 4 + 2 * 4, 3)
     assert a.read_bytes() == b.read_bytes() and a.read_bytes() != c.read_bytes()
+
+
+def test_generate_draws_as_the_project_params_say_unless_told(root, tmp_path, capsys):
+    """Without sampling flags a grid is drawn with params.yaml's ``sample`` settings (as the run's
+    samples.png was); a flag overrides its own setting only; no params.yaml: plain sampling."""
+    project = tmp_path / "project"
+    shutil.copytree(root, project)
+    params = yaml.safe_load((REPO / "params" / "base.yaml").read_text())
+    params["sample"].update(temperature=0.5, top_k=7, top_p=0.9, cfg_scale=1.5)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+    def said(*flags: str, where=project) -> str:
+        assert main(["--root", str(where), "generate", "--class", "1", "-n", "2", "--out",
+                     str(tmp_path / "g.png"), "--device", "cpu", *flags]) == 0
+        return capsys.readouterr().out
+
+    assert "cfg 1.5, temperature 0.5, top-k 7, top-p 0.9," in said()
+    assert "cfg 1.5, temperature 0.9, top-k 7, top-p 0.9," in said("--temperature", "0.9")
+    assert "cfg 1, temperature 1, top-k 0, top-p 1," in said(where=root)
 
 
 def test_generate_samples_from_a_rar_folder_too(root, tmp_path, capsys):

@@ -107,7 +107,8 @@ def generate_grid(root: Path, class_spec: str, out: Path, sampling: Sampling, de
     rows = [images[i : i + PER_ROW] for i in range(0, len(images), PER_ROW)]
     grids.save_png(out, grids.grid(rows, scale=max(1, -(-MIN_SIDE // images.shape[1]))))
     return (f"wrote {out}: {sampling.n} samples of class {label} ({name}), {images.shape[1]} px, "
-            f"cfg {sampling.cfg_scale:g}, temperature {sampling.temperature:g}, seed {sampling.seed}, "
+            f"cfg {sampling.cfg_scale:g}, temperature {sampling.temperature:g}, top-k {sampling.top_k}, "
+            f"top-p {sampling.top_p:g}, seed {sampling.seed}, "
             f"in {time.perf_counter() - start:.1f} s")
 
 
@@ -116,19 +117,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="class name (data/prepared/classes.json) or number")
     parser.add_argument("-n", type=int, default=16, help="how many images (default 16, 8 a row)")
     parser.add_argument("--out", type=Path, default=Path("grid.png"), help="PNG to write (default grid.png)")
-    parser.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1.0 = off)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0 = greedy)")
-    parser.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (0 = all)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0 = off)")
+    for flag, kind, what, plain in (("--cfg", float, "classifier-free guidance scale, 1.0 = off", 1.0),
+                                    ("--temperature", float, "sampling temperature, 0 = greedy", 1.0),
+                                    ("--top-k", int, "keep the k likeliest tokens, 0 = all", 0),
+                                    ("--top-p", float, "nucleus sampling mass, 1.0 = off", 1.0)):
+        parser.add_argument(flag, type=kind,
+                            help=f"{what} (default: params.yaml's sample section, else {plain})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--generator", type=Path, metavar="FOLDER",
                         help="generator folder, a GPT or a RAR (default: data/generator)")
     add_model_arguments(parser)
 
 
+def project_sampling(root: Path) -> dict[str, float]:
+    """The ``sample`` settings of the project's ``params.yaml`` (what drew ``reports/samples.png``),
+    or the plain-sampling defaults where the project has none: a grid then looks like the run's."""
+    from pipeline.params import load_params
+
+    keys = ("cfg_scale", "temperature", "top_k", "top_p")
+    if not (root / "params.yaml").is_file():
+        return {k: getattr(Sampling, k) for k in keys}
+    sample = load_params(root / "params.yaml", check_paths=False).sample
+    return {k: getattr(sample, k) for k in keys}
+
+
 def main(args: argparse.Namespace) -> None:
-    sampling = Sampling(n=args.n, cfg_scale=args.cfg, temperature=args.temperature, top_k=args.top_k,
-                        top_p=args.top_p, seed=args.seed)
+    given = {"cfg_scale": args.cfg, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+    fill = project_sampling(Path(args.root)) if None in given.values() else {}
+    chosen = {k: fill[k] if v is None else v for k, v in given.items()}
+    sampling = Sampling(n=args.n, seed=args.seed, **chosen)
     print(generate_grid(Path(args.root), args.class_spec, args.out, sampling, args.device, args.tokenizer,
                         args.generator))
 

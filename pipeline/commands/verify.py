@@ -14,7 +14,6 @@ Git and JSON only: no torch, no DVC (``pipeline/experiments/reference_run.py``).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from pipeline.commands import Command
@@ -30,16 +29,6 @@ NEW_KERNELS = ("Another CPU kind (or thread count) computes with other float ker
                "from there on; the metrics below decide whether this run reproduces the committed one.")
 
 
-def _metrics(text: str, source: str) -> dict:
-    try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise UserError(f"{source}: not JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{source}: not a JSON object of metrics")
-    return data
-
-
 def _this_run(reports: Path) -> dict:
     path = reports / "metrics.json"
     try:
@@ -47,7 +36,7 @@ def _this_run(reports: Path) -> dict:
     except OSError as e:
         raise UserError(f"{path}: cannot read this run's metrics ({e.strerror}); run the pipeline first") \
             from None
-    return _metrics(text, str(path))
+    return ref.metrics(text, str(path))
 
 
 def _tolerances(reports: Path, root: Path, commit: str, rev: str) -> tuple[tol.Tolerances, str]:
@@ -176,7 +165,7 @@ def verify(root: Path, rev: str = "HEAD", reports: Path | None = None) -> tuple[
     committed_text = ref.show(root, commit, METRICS)
     if committed_text is None:
         raise UserError(f"{rev}:{METRICS}: not in that commit (nothing to compare with)")
-    committed = _metrics(committed_text, f"{rev}:{METRICS}")
+    committed = ref.metrics(committed_text, f"{rev}:{METRICS}")
     limits, source = _tolerances(reports_dir, root, commit, rev)
     named = rev if commit.startswith(rev) else f"{rev} ({commit[:7]})"
     lines = [f"this run: {reports_dir / 'metrics.json'}; committed: {named}; tolerances: "

@@ -50,6 +50,17 @@ def commit_date(root: Path, commit: str) -> str:
     return _git(root, "log", "-1", "--format=%cs", commit).stdout.strip()
 
 
+def metrics(text: str, source: str) -> dict:
+    """A run's ``metrics.json`` text as a dict; anything else is one line naming ``source``."""
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise UserError(f"{source}: not JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: not a JSON object of metrics")
+    return data
+
+
 def number_reports(dvc_yaml: str) -> set[str]:
     """The outputs that are reports of numbers: every stage's ``metrics:`` files in ``dvc.yaml``
     and the metrics tables, which ``evaluate`` declares as plain outputs."""
