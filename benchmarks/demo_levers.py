@@ -13,8 +13,9 @@ tokenizer), then ``train_ar``, ``sample``. The samples are scored as ``evaluate`
 ``evaluate.fid_images`` balanced picks against the val images), without the reconstruction
 metrics, which a generator change leaves alone. A variant that differs from another only in its
 ``sample`` params reuses that one's generator. Rows go to ``reports/demo_levers.json`` in the
-order below, with the seconds ``train_ar`` took (under ``--threads``); `vfmtok-pipeline docs`
-renders them in docs/experiments.md.
+order below, with the generator's steps and the seconds ``train_ar`` took (under ``--threads``, and
+whatever else loads the machine: the steps are the comparable cost); `vfmtok-pipeline docs` renders
+them in docs/experiments.md.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-OLD_GENERATOR = {  # the published recipe at the demo's former 200 steps: where the levers start
+OLD_GENERATOR = {  # the published recipe at 200 steps: where the levers start
     "train_ar.steps": 200, "train_ar.lr": 0.001, "train_ar.lr_schedule": "constant",
     "train_ar.warmup_steps": 20, "ar_model.class_dropout": 0.1, "ar_model.token_dropout": 0.1,
     "ar_model.resid_dropout": 0.1, "sample.temperature": 1.0, "sample.top_p": 1.0,
@@ -141,6 +142,8 @@ def _generator(project: Path, work: Path, variant: Variant, threads: int) -> tup
 
 def score(folder: Path) -> dict:
     """``sample_class_acc`` and ``gfid`` of ``folder``'s samples, as ``evaluate`` computes them."""
+    import torch
+
     from pipeline.evaluation import measures
     from pipeline.formats import samples
     from pipeline.formats.prepared import SplitImages
@@ -152,7 +155,7 @@ def score(folder: Path) -> dict:
     from vfmtok.metrics import fit_probe
 
     params, layout = load_params(folder / "params.yaml"), Layout(folder)
-    e, device = params.evaluate, "cpu"
+    e, device = params.evaluate, torch.device("cpu")
     images, labels = samples.read(layout.samples)
     judge = build_backbone(params.judge)
     train, val = SplitImages(layout.prepared, "train"), SplitImages(layout.prepared, "val")
@@ -175,8 +178,9 @@ def one(project: Path, work: Path, variant: Variant, threads: int) -> dict:
         if not link.exists():
             link.symlink_to(trained / "data" / part)
     _run(folder, "sample", threads)
-    row = {"lever": variant.lever, "change": variant.change, **score(folder),
-           "train_ar_seconds": round(seconds, 1), "pipeline_seconds": None}
+    steps = variant.overrides.get("train_ar.steps", OLD_GENERATOR["train_ar.steps"])
+    row = {"lever": variant.lever, "change": variant.change, "ar_steps": steps, **score(folder),
+           "train_ar_seconds": round(seconds, 1)}
     print(json.dumps({"variant": variant.name, **row}), flush=True)
     return row
 

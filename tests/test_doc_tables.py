@@ -123,16 +123,16 @@ def test_a_missing_report_file_and_an_open_block_are_named(tmp_path, capsys):
 def test_lever_and_tolerance_tables_come_from_their_files(tmp_path):
     reports = tmp_path / "reports"
     reports.mkdir()
-    levers = [{"lever": "baseline", "change": "none", "sample_class_acc": 0.26, "gfid": 185.022,
-               "train_ar_seconds": 112.9},
-              {"lever": "steps", "change": "train_ar.steps 200 -> 400", "sample_class_acc": 0.314,
-               "gfid": 171.5, "train_ar_seconds": 224.0}]
+    levers = [{"lever": "baseline", "change": "none", "ar_steps": 200, "sample_class_acc": 0.26,
+               "gfid": 185.022, "train_ar_seconds": 112.9},
+              {"lever": "steps", "change": "train_ar.steps 200 -> 400", "ar_steps": 400,
+               "sample_class_acc": 0.314, "gfid": 171.5, "train_ar_seconds": 224.0}]
     (reports / "demo_levers.json").write_text(json.dumps({"how": "Two runs", "rows": levers}))
     table = RENDERERS["demo-levers"](reports).splitlines()
     assert table[:2] == ["Two runs:", ""]
-    assert table[2] == "| lever | change | class accuracy | gFID | `train_ar` s |"
-    assert table[4:] == ["| baseline | none | 26.0% | 185.0 | 113 |",
-                         "| steps | train_ar.steps 200 -> 400 | 31.4% | 171.5 | 224 |"]
+    assert table[2] == "| lever | change | AR steps | class accuracy | gFID |"
+    assert table[4:] == ["| baseline | none | 200 | 26.0% | 185.0 |",
+                         "| steps | train_ar.steps 200 -> 400 | 400 | 31.4% | 171.5 |"]
 
     rows = [{"key": "psnr", "tolerance": 0.2, "kind": "abs", "observed_spread": 0.08, "runs": 3},
             {"key": "gfid", "tolerance": 0.05, "kind": "rel", "observed_spread": 6.7, "runs": 3, "note": "n"}]

@@ -91,6 +91,9 @@ def _rel(path: Path, root: Path) -> str:
 def summary(root: Path) -> str:
     layout = Layout(root)
     lines = ["Results", *headline(layout), "", "Pictures", *pictures(layout), "",
+             "Check this run against the committed one (same bytes on this CPU kind, else metrics",
+             "within measured tolerances)",
+             "  vfmtok-pipeline verify", "",
              "Compare a change (FID: lower is better; PSNR, usage, probe: higher)",
              "  dvc exp run -n try-vqgan -S tokenizer.kind=vqgan",
              "  vfmtok-pipeline compare HEAD try-vqgan   # writes reports/compare_*.md",

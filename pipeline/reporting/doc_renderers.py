@@ -262,9 +262,10 @@ def demo_levers(reports: Path) -> str:
     """What each lever of the demo's generator buys (``reports/demo_levers.json``, written by
     ``benchmarks/demo_levers.py``), and how the rows were measured."""
     levers = load(reports, "demo_levers.json")
-    rows = [[row["lever"], row["change"], _metric("sample_class_acc", row["sample_class_acc"]),
-             _metric("gfid", row["gfid"]), f"{row['train_ar_seconds']:.0f}"] for row in levers["rows"].rows()]
-    header = ["lever", "change", declared("sample_class_acc").label, declared("gfid").label, "`train_ar` s"]
+    rows = [[row["lever"], row["change"], str(row["ar_steps"]),
+             _metric("sample_class_acc", row["sample_class_acc"]), _metric("gfid", row["gfid"])]
+            for row in levers["rows"].rows()]
+    header = ["lever", "change", "AR steps", declared("sample_class_acc").label, declared("gfid").label]
     return "\n".join([f"{levers['how']}:", "", _table(header, rows)])
 
 
