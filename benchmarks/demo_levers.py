@@ -201,8 +201,9 @@ def main() -> None:
             raise SystemExit(f"{project / 'data' / part}: missing; run the demo pipeline in {project} first")
     with ThreadPoolExecutor(max_workers=2 if a.threads == 1 else 1) as pool:
         rows = list(pool.map(lambda v: one(project, a.work, v, a.threads), chosen))
-    out = {"how": f"benchmarks/demo_levers.py on {project.name}'s data, {a.threads} thread(s) per stage; "
-                  f"samples scored as evaluate scores them", "rows": rows}
+    threads = f"{a.threads} thread{'' if a.threads == 1 else 's'} per stage"
+    out = {"how": f"`benchmarks/demo_levers.py --threads {a.threads}` on the tokens of a demo run, "
+                  f"{threads}; samples scored as evaluate scores them", "rows": rows}
     tmp = a.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(out, indent=1) + "\n")
     os.replace(tmp, a.out)

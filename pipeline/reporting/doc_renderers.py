@@ -235,8 +235,10 @@ def metrics_table(reports: Path) -> str:
 def _run_facts(run: dict) -> list[str]:
     """What a tolerance run was: its CPU, threads and date (where it came from, a folder or a git
     revision, stays in the file: the pages carry no revision ids)."""
-    facts = {"cpu": "{}", "threads": "{} threads", "date": "{}"}
-    return [form.format(run[k]) for k, form in facts.items() if run.get(k) not in (None, "")] or ["-"]
+    facts = [str(run["cpu"]) if run.get("cpu") else None,
+             f"{run['threads']} thread{'' if run['threads'] == 1 else 's'}" if run.get("threads") else None,
+             str(run["date"]) if run.get("date") else None]
+    return [fact for fact in facts if fact] or ["-"]
 
 
 def tolerances(reports: Path) -> str:
