@@ -106,7 +106,7 @@ def _row_line(row: tol.Row, committed: object, value: object, rev: str) -> tuple
         return f"{head}  not a number {where}  DIFFERS", False
     diff, limit = row.difference(committed, value), row.limit(committed)
     rel = f" ({row.tolerance:g} x committed)" if row.kind == "rel" else ""
-    ok = diff <= limit
+    ok = row.agrees(committed, value)
     return f"{head}{_fmt(float(diff), row.key):>12}{limit:>12.6g}{rel}  {'agrees' if ok else 'DIFFERS'}", ok
 
 
