@@ -1,5 +1,9 @@
-"""Run one DVC stage: ``python -m pipeline.stage NAME [--params FILE] [--debug]`` (what ``dvc.yaml``
-calls; ``vfmtok-pipeline NAME`` is the same).
+"""Run one DVC stage: ``python -m pipeline.stage NAME [--params FILE] [--debug] [--dry-run]`` (what
+``dvc.yaml`` calls; ``vfmtok-pipeline NAME`` is the same).
+
+A stage that shares its work runs on every process its launch has (the ``launch`` section, the
+scheduler's environment, the machine's GPUs: ``pipeline/orchestration/launch_plan.py``),
+re-executing itself through torchrun when that is more than one; ``--dry-run`` prints the plan.
 
 The stages are the ``stages:`` of ``dvc.yaml`` (:func:`names`); stage ``NAME``'s code is the
 module ``pipeline.stages.NAME``. This entry imports only that module, so a stage process loads
@@ -77,12 +81,47 @@ def run(stage: str, params_file: str = "params.yaml", root: str = ".") -> dict:
     ``pipeline/orchestration/stage_process.py``). The params file is validated first, so a bad
     one fails in milliseconds, before Prefect or torch is even imported."""
     from pipeline.orchestration.stage_process import run_stage_flow
+    from pipeline.orchestration.torchrun_launch import as_worker
     from pipeline.params import load_params
 
+    as_worker()  # a rank of start()'s torchrun: dies with it; rank > 0 runs without Prefect
     prefect_env.configure(root)
     pin_cpu_threads(load_params(params_file).launch.cpu_threads)
     return run_stage_flow(stage, module_name(stage), {"params_file": params_file, "root": root},
                           after_import=errors.quiet_prefect)  # after Prefect has set up its loggers
+
+
+def start(stage: str, params_file: str = "params.yaml", root: str = ".", dry_run: bool = False) -> int:
+    """Run the stage on its launch's processes: here, or, when ``launch`` (or the scheduler, or the
+    machine's GPUs) says more than one, re-executed through torchrun
+    (``pipeline/orchestration/launch_plan.py``). ``dry_run``: print the launch, run nothing."""
+    from pipeline.orchestration import launch_plan
+    from pipeline.params import load_params
+    from vfmtok.config_schema import ConfigError
+
+    if launch_plan.inside_torchrun(os.environ):  # a worker: its share of the work
+        if not dry_run:
+            run(stage, params_file, root)
+        return 0
+    params = load_params(params_file, check_paths=not dry_run)
+    try:
+        plan = launch_plan.plan(params, stage, os.environ)
+        if stage in ("train_tokenizer", "train_ar"):
+            params.check_launch(plan.world, (stage,))  # before any process starts
+    except ConfigError as e:
+        raise e.in_file(params_file) if e.file is None else e from None
+    stage_args = ["--params", params_file, "--root", root]
+    if dry_run:
+        print(plan.describe())
+        print(launch_plan.command(plan, stage_args, root) if plan.world > 1 else
+              f"python -m pipeline.stage {stage} (one process)")
+        return 0
+    if plan.world == 1:
+        run(stage, params_file, root)
+        return 0
+    from pipeline.orchestration.torchrun_launch import launch
+
+    return launch(plan, stage_args, root)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,10 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--root", default=".")
     parser.add_argument("--debug", action="store_true", help="full tracebacks for user errors")
+    parser.add_argument("--dry-run", action="store_true", help="print the launch (processes, nodes, the "
+                        "torchrun command) and run nothing")
     args = parser.parse_args(argv)
     if args.debug:
         os.environ[errors.DEBUG_ENV] = "1"
-    return guarded(lambda: run(args.stage, args.params, args.root) and None)
+    return guarded(lambda: start(args.stage, args.params, args.root, args.dry_run))
 
 
 def exit_process(code: int) -> None:

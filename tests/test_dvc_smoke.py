@@ -4,43 +4,25 @@ of its results through a DVC remote, and the commands that use its models."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from pipeline.orchestration.lazy_prefect import FOLD_ENV
 from tests.conftest import FASHION_MNIST
+from tests.smoke_project import make_project
+from tests.smoke_project import project_env as _env
+from tests.smoke_project import run_in as _run
+from tests.smoke_project import set_param as _set
+from tests.smoke_project import stale as _stale
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="dataset-fashion-mnist not installed"),
 ]
-
-
-def _env(cwd: Path, folded: bool = False) -> dict[str, str]:
-    """``folded``: stage processes run as ``vfmtok-pipeline reproduce`` runs them, without Prefect
-    (~4 s a stage process). The module's first ``dvc repro`` runs each stage as a Prefect flow; the
-    later re-runs fold them."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["PREFECT_HOME"] = str(cwd / ".prefect")
-    if folded:
-        env[FOLD_ENV] = "1"
-    return env
-
-
-def _run(cwd: Path, *cmd: str, folded: bool = False) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(cwd, folded), capture_output=True, text=True,
-                          timeout=1200)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out[-4000:]}"
-    return out
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -60,28 +42,9 @@ def prefect_api():
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    """The repository's tracked and new files, as a fresh git repo on the smoke profile."""
-    dst = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for rel in files:
-        if (REPO / rel).is_file():
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, dst / rel)
-    for d in ("data", "reports"):
-        shutil.rmtree(dst / d, ignore_errors=True)
-    _run(dst, "git", "init", "-q")
-    _run(dst, "vfmtok-pipeline", "profile", "smoke")
-    _run(dst, "git", "add", "-A")
-    _run(dst, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "smoke")
-    return dst
-
-
-def _set(project: Path, section: str, key: str, value) -> None:
-    path = project / "params.yaml"
-    data = yaml.safe_load(path.read_text())
-    data[section][key] = value
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    """The repository's tracked and new files, as a fresh git repo on the smoke profile. The
+    module's first ``dvc repro`` runs each stage as a Prefect flow; the later re-runs fold them."""
+    return make_project(tmp_path_factory.mktemp("repo"))
 
 
 STAGES = ["prepare", "extract_features", "train_tokenizer", "tokenize", "train_ar", "sample", "evaluate"]
@@ -93,12 +56,6 @@ def readme_example(name: str) -> str:
     text = (REPO / "README.md").read_text()
     block = text[text.index(f"<!-- example: {name} -->"):]
     return block[block.index("```python") + len("```python"):block.index("\n```", block.index("```python"))]
-
-
-def _stale(project: Path) -> list[str]:
-    """The stages `dvc status` lists as changed."""
-    out = json.loads(_run(project, "dvc", "status", "--json"))
-    return sorted(out)
 
 
 @pytest.fixture(scope="module")
@@ -213,39 +170,6 @@ def test_one_param_switches_the_generator_to_rar(project):
     assert json.loads((project / "reports" / "sample.json").read_text())["generator"] == "RAR-Tiny"
     code = readme_example("generate") + "\nassert type(generator).__name__ == 'RAR', generator\n"
     _run(project, sys.executable, "-c", code + "assert images.shape == (8, 32, 32, 3), images.shape\n")
-
-
-def _torchrun(project: Path, nproc: int, stage: str, logs: Path) -> None:
-    """``python -m pipeline.stage STAGE`` on ``nproc`` gloo processes. torchrun keeps every rank's
-    stdout and stderr under ``logs``; when the run fails they are all shown, whole (the failing
-    rank's own error is often not the last thing the launcher prints)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "--log-dir", str(logs), "--redirects", "3", "-m", "pipeline.stage", stage]
-    proc = subprocess.run(cmd, cwd=project, env=_env(project, folded=True), capture_output=True, text=True,
-                          timeout=600)
-    if proc.returncode != 0:
-        ranks = "\n".join(f"----- {f.relative_to(logs)}\n{f.read_text(errors='replace')}"
-                          for f in sorted(logs.rglob("*.log")))
-        pytest.fail(f"{nproc}-process {stage} exit {proc.returncode}\n{proc.stdout}{proc.stderr}\n{ranks}")
-
-
-def test_samples_and_tokens_do_not_depend_on_the_number_of_processes(project, tmp_path):
-    """sample and tokenize under torchrun write byte-identical files to the one-process run: fixed
-    batches split across ranks, one seed per sample, rank 0 writes, and every process runs
-    ``launch.cpu_threads`` threads (torchrun's OMP_NUM_THREADS=1 would change the CPU's rounding).
-    Each 2-process run three times over (a race between ranks showed up one run in several), and
-    sample once on 3 processes (uneven shares)."""
-    _run(project, "dvc", "repro", folded=True)  # whatever the tests before left, current again
-    files = {"sample": ["data/samples/samples.npz"],
-             "tokenize": ["data/tokens/train.parquet", "data/tokens/val.parquet"]}
-    one = {f: (project / f).read_bytes() for fs in files.values() for f in fs}
-    runs = [(2, stage) for _ in range(3) for stage in ("tokenize", "sample")] + [(3, "sample")]
-    for i, (nproc, stage) in enumerate(runs):
-        for f in files[stage]:
-            (project / f).unlink()
-        _torchrun(project, nproc, stage, tmp_path / f"run{i}")
-        for f in files[stage]:
-            assert (project / f).read_bytes() == one[f], (f, nproc, i)
 
 
 @pytest.mark.slow  # (the module is slow already: this one adds a second whole run, ~150 s)

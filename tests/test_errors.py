@@ -129,14 +129,32 @@ def test_a_generator_folder_of_the_other_family_or_size_is_refused(tmp_path):
         load_generator(layout, rar_params, 7, "cpu")
 
 
-@pytest.mark.slow
-def test_a_launch_the_batch_does_not_split_over_is_one_line(tmp_path, capfd, monkeypatch):
-    """Under torchrun each of WORLD_SIZE processes takes batch_size / WORLD_SIZE rows: a stage of
-    a launch that does not divide the batch stops before it starts, as ``check`` does."""
+def test_a_launch_plan_the_batch_does_not_split_over_is_one_line(tmp_path, capfd, monkeypatch):
+    """``launch.nproc_per_node: 3``: each of 3 processes would take batch_size / 3 rows. The stage
+    command stops before any process starts (no torchrun, no torch), as ``check`` does."""
     from pipeline.cli import main
 
     root = _project(tmp_path)
-    monkeypatch.setenv("WORLD_SIZE", "3")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["launch"]["nproc_per_node"] = 3
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    rc = stage.main(["train_tokenizer", "--root", str(root), "--params", str(root / "params.yaml")])
+    line = _only_error_line(capfd.readouterr().err)
+    assert rc == 2 and line.startswith(f"error: {root / 'params.yaml'}: train_tokenizer.batch_size = 8: ")
+    assert "3 processes" in line and not (root / "data").exists() and not (root / "logs").exists()
+    assert main(["check", "--no-build", str(root / "params.yaml")]) == 2
+    assert "train_tokenizer.batch_size = 8: must be divisible by the 3" in capfd.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_launch_the_batch_does_not_split_over_is_one_line(tmp_path, capfd, monkeypatch):
+    """Under an enclosing torchrun each of WORLD_SIZE processes takes batch_size / WORLD_SIZE rows:
+    a stage of a launch that does not divide the batch stops before it starts, as ``check`` does."""
+    from pipeline.cli import main
+
+    root = _project(tmp_path)
+    for var, value in {"WORLD_SIZE": "3", "RANK": "0", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(var, value)
     rc = stage.main(["train_ar", "--root", str(root), "--params", str(root / "params.yaml")])
     line = _only_error_line(capfd.readouterr().err)
     assert rc == 2 and line.startswith(f"error: {root / 'params.yaml'}: train_ar.batch_size = 8: ")

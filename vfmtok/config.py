@@ -202,11 +202,11 @@ class TrainLoopConfig:
     def check_world(self, world: int) -> None:
         """Each of the ``world`` processes of a launch takes ``batch_size / world`` rows of every step
         (``vfmtok.distributed``). Not a ``validate()`` rule: it depends on the launch, and only the
-        training stage itself (and ``check``, for the launch ``WORLD_SIZE`` describes) asks it."""
+        training stage itself (and ``check``, for the launch its stage would run) asks it."""
         if self.batch_size % world:
             raise config_error(self, "batch_size", self.batch_size, f"must be divisible by the {world} "
-                               "processes of this launch (WORLD_SIZE): each takes batch_size / "
-                               "WORLD_SIZE rows of every step")
+                               f"processes of this launch: each takes batch_size / {world} rows of "
+                               "every step")
 
 
 @dataclass(kw_only=True)

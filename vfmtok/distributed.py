@@ -106,7 +106,7 @@ class RankSlice:
     """A step-addressed batch source (``batch(step) -> (tokens, labels)``) cut to this rank's rows.
 
     Every rank reads the whole global batch and keeps its share: the W-process run then sees
-    exactly the batches of the one-process run. For a source too small to shard by files.
+    exactly the batches of the one-process run, whatever W (a global batch of token rows is kilobytes).
     """
 
     def __init__(self, source: Any, rank_: int | None = None, world_size: int | None = None):

@@ -1,7 +1,8 @@
 """``vfmtok-pipeline STAGE [--params FILE]``: one command per ``dvc.yaml`` stage.
 
 The same run as ``dvc.yaml``'s ``python -m pipeline.stage STAGE`` (``pipeline/stage.py``): the
-stage's Prefect flow in this process, its outputs where ``dvc.yaml`` says, no DVC bookkeeping.
+stage's Prefect flow, on the processes of its launch, its outputs where ``dvc.yaml`` says, no DVC
+bookkeeping.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from pipeline.commands import Command
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--dry-run", action="store_true", help="print the launch (processes, nodes, "
+                        "the torchrun command) and run nothing")
 
 
-def main(name: str, args: argparse.Namespace) -> None:
-    stage.run(name, args.params, args.root)
+def main(name: str, args: argparse.Namespace) -> int:
+    return stage.start(name, args.params, args.root, args.dry_run)
 
 
 def commands() -> list[Command]:

@@ -209,6 +209,25 @@ class LaunchParams:
     # the same bytes. Capped at the machine's cores; 0 = leave it to torch and the environment
     # (then the two may differ).
     cpu_threads: int = field(default=2, metadata={"min": 0, "max": 1024, **NEUTRAL})
+    # How many processes run a stage that shares its work (``pipeline/orchestration/launch_plan.py``):
+    # ``python -m pipeline.stage NAME`` re-executes itself through torchrun when there are more than
+    # one. "auto" takes each value from the cluster scheduler's environment (Slurm), else from the
+    # machine: the visible CUDA devices (1 on a CPU-only machine), one node, node rank 0.
+    nproc_per_node: Literal["auto"] | int = field(default="auto", metadata={"min": 1, "max": 1024, **NEUTRAL})
+    nnodes: Literal["auto"] | int = field(default="auto", metadata={"min": 1, "max": 100_000, **NEUTRAL})
+    node_rank: Literal["auto"] | int = field(default="auto", metadata={"min": 0, **NEUTRAL})
+    # HOST:PORT of node 0, where the nodes of a several-node launch meet; "auto": Slurm's first node
+    # (or MASTER_ADDR/MASTER_PORT); one node needs none.
+    rdzv_endpoint: str = field(default="auto", metadata=NEUTRAL)
+
+    def validate(self) -> None:
+        if self.rdzv_endpoint != "auto" and self.rdzv_endpoint:
+            host, _, port = self.rdzv_endpoint.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError("rdzv_endpoint", self.rdzv_endpoint, "must be HOST:PORT (node 0's "
+                                  "address and a free port), or auto")
+        if isinstance(self.nnodes, int) and isinstance(self.node_rank, int) and self.node_rank >= self.nnodes:
+            raise ConfigError("node_rank", self.node_rank, f"must be below nnodes ({self.nnodes})")
 
 
 @dataclass(kw_only=True)

@@ -1,7 +1,8 @@
 """Stage ``extract_features``: the frozen backbone's multi-level maps for every prepared image.
 
 Reads ``backbone.*``, ``extract_features.*`` and ``data/prepared``; writes ``data/features``
-(``pipeline/formats/features.py``) and ``reports/extract_features.json``. The tokenizer trains
+(``pipeline/formats/features.py``) and ``reports/extract_features.json``. On several processes
+(``launch``) each rank extracts every W-th shard; a shard's bytes do not depend on which. The tokenizer trains
 from these when augmentation is off, and the linear probes read them.
 """
 
@@ -19,10 +20,10 @@ from pipeline.formats import features, prepared
 from pipeline.layout import Layout
 from pipeline.orchestration.lazy_prefect import flow, get_run_logger, task
 from pipeline.params import load_params
-from vfmtok import files
+from vfmtok import distributed, files
 from vfmtok.backbones import FrozenBackbone, build_backbone
 from vfmtok.config_schema import to_dict
-from vfmtok.device import autocast, pick_device
+from vfmtok.device import autocast
 from vfmtok.images import from_uint8
 
 
@@ -49,15 +50,22 @@ def extract_features_flow(params_file: str = "params.yaml", root: str = ".") -> 
     p, layout = params.extract_features, Layout(Path(root))
     manifest = prepared.read_manifest(layout.prepared)
     todo = sorted(manifest.loc[manifest["split"].isin(p.splits), "shard"].unique())
-    device = pick_device(p.device)
+    device = distributed.init_from_env(p.device)  # torchrun: the shards split across ranks
     backbone = build_backbone(params.backbone).to(device)
 
-    shutil.rmtree(layout.features, ignore_errors=True)
-    layout.features.mkdir(parents=True)
-    start, n_images = time.perf_counter(), 0
-    for shard in tqdm(todo, desc="extract_features", unit="shard"):
-        n_images += extract_shard(backbone, layout, shard, p.batch_size, device)
+    if distributed.is_main():  # rank 0 alone owns the folder
+        shutil.rmtree(layout.features, ignore_errors=True)
+        layout.features.mkdir(parents=True)
+    distributed.barrier()
+    start, counts = time.perf_counter(), {}
+    mine = todo[distributed.rank()::distributed.world()]  # a shard is the same bytes on any rank
+    for shard in tqdm(mine, desc="extract_features", unit="shard", disable=not distributed.is_main()):
+        counts[shard] = extract_shard(backbone, layout, shard, p.batch_size, device)
+    counts = distributed.gather_batches(counts)  # {shard: images} of every rank, on rank 0
     seconds = time.perf_counter() - start
+    if counts is None:
+        return {}
+    n_images = sum(counts.values())
 
     features.write_manifest(layout.features, to_dict(params.backbone), backbone.level_channels,
                             backbone.level_shapes, todo, p.splits)

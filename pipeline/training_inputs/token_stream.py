@@ -3,7 +3,9 @@
 An epoch visits the row groups in a seeded order and the rows of each group in a seeded order;
 step ``s`` takes positions ``[s*B, (s+1)*B)`` of the endless sequence of epochs. So the batch of
 a step never depends on what ran before (exact resume), and memory holds one or two row groups,
-never the whole set (ImageNet is 1.28M rows). Distributed ranks take disjoint row groups.
+never the whole set (ImageNet is 1.28M rows). ``rank``/``world`` cut a stream to disjoint row groups
+(a per-rank stream whose batches depend on the number of ranks; ``train_ar`` slices the global
+batch instead: ``distributed.RankSlice``).
 """
 
 from __future__ import annotations
