@@ -1,17 +1,21 @@
-"""``vfmtok-pipeline claims``: the paper's claims in miniature, measured as DVC experiments.
+"""``vfmtok-pipeline claims``: the paper's claims in miniature, measured as DVC experiments over seeds.
 
-Three runs on the same data, token count and AR budget (``params/claims.yaml``, or the active
-params with ``--profile active``): VFMTok, the pixel-only VQGAN baseline, and VFMTok on a
+Three configurations on the same data, token count and AR budget (``params/claims.yaml``, or the
+active params with ``--profile active``): VFMTok, the pixel-only VQGAN baseline, and VFMTok on a
 random-init frozen backbone of the same architecture (the paper's premise is that the foundation
 model's features are what make the tokens good: this run tests it), plus the VFMTok run resampled
-at a few CFG scales ("good without CFG"). The three runs are ``dvc exp run --temp`` (the workspace
-is left alone); the CFG sweep starts from the VFMTok experiment's outputs in the workspace and
-re-runs only sample and evaluate (``runs.run_from``: it needs a clean workspace, and puts it back).
+with CFG ("good without CFG"). Each configuration runs with seeds 0 .. N-1 (``--seeds N``: the seed
+of everything trained or sampled, :data:`SEED_KEYS`), each seed its own experiment, named
+``CONFIG-seedS``; what does not depend on the seed (prepared data, features) is shared through
+DVC's run cache. The runs are ``dvc exp run --temp`` (the workspace is left alone), seed by seed,
+so a study stopped half-way holds whole seeds; an experiment that exists already is kept, so
+``--run`` again runs only the missing ones. The CFG runs start from each seed's VFMTok experiment
+in the workspace and re-run only sample and evaluate (``runs.run_from``: it needs a clean
+workspace, and puts it back).
 
-AR convergence is sample quality against AR steps, as the paper plots it: the FD of a fixed sample
-set in the judge's feature space every ``train_ar.quality_every`` steps (``pipeline/sample_quality``).
-For each pair the report gives the steps each run needs to reach the quality the *other* reaches
-at the end of its budget; no threshold is derived from the compared runs.
+``pipeline/experiments/claims_report.py`` writes the report: every metric as mean ± sd over the
+seeds, every comparison as a difference of means with its 95% interval, and the verdicts by one
+rule (``pipeline/experiments/seed_stats.py``).
 """
 
 from __future__ import annotations
@@ -19,18 +23,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.experiments.revisions import read_json
-from pipeline.experiments.runs import run_experiments, run_from
-from pipeline.layout import Layout
-from pipeline.reporting import plots
-from vfmtok import files
-from vfmtok.training import steps_to_reach
+from pipeline.experiments.runs import existing, run_experiments, run_from
 
-RUNS = {  # experiment name -> params overrides (dvc exp run -S)
+RUNS = {  # configuration -> params overrides (dvc exp run -S)
     "claims-vfmtok": ["tokenizer.kind=vfmtok"],
     "claims-vqgan": ["tokenizer.kind=vqgan"],
     "claims-random": ["tokenizer.kind=vfmtok", "backbone.weights=random", "backbone.allow_random_init=true"],
 }
-CFG_SCALES = (1.5, 2.0, 3.0)
+SEED_KEYS = ("train_tokenizer.seed", "train_ar.seed", "sample.seed")  # what a run's seed sets
+CFG_SCALE = 1.5  # the "with CFG" resample of each seed's VFMTok run
 LABELS = {"claims-vfmtok": "VFMTok", "claims-vqgan": "VQGAN baseline",
           "claims-random": "VFMTok, random-init backbone"}
 PAPER = {  # arXiv 2507.08441 (ImageNet 256x256); see shared/reference/vfmtok-method.md
@@ -43,13 +44,41 @@ PAPER = {  # arXiv 2507.08441 (ImageNet 256x256); see shared/reference/vfmtok-me
 }
 
 
-def cfg_name(scale: float) -> str:
-    return f"claims-vfmtok-cfg{scale:g}"
+def run_name(config: str, seed: int) -> str:
+    return f"{config}-seed{seed}"
 
 
-def sweep() -> list[tuple[str, list[str]]]:
-    """The CFG sweep: the VFMTok run resampled at each scale (run from that run's results)."""
-    return [(cfg_name(s), [*RUNS["claims-vfmtok"], f"sample.cfg_scale={s}"]) for s in CFG_SCALES]
+def cfg_config() -> str:
+    """The configuration of the CFG resample (VFMTok at :data:`CFG_SCALE`)."""
+    return f"claims-vfmtok-cfg{CFG_SCALE:g}"
+
+
+def configs() -> list[str]:
+    return [*RUNS, cfg_config()]
+
+
+def seed_overrides(seed: int) -> list[str]:
+    return [f"{key}={seed}" for key in SEED_KEYS]
+
+
+def study(seeds: int) -> list[tuple[str, list[str]]]:
+    """Every configuration with every seed, seed by seed: a study stopped half-way holds whole seeds."""
+    return [(run_name(c, s), [*o, *seed_overrides(s)]) for s in range(seeds) for c, o in RUNS.items()]
+
+
+def cfg_runs(seed: int) -> list[tuple[str, list[str]]]:
+    """The CFG resample of seed ``seed``'s VFMTok run (run from that run's results)."""
+    return [(run_name(cfg_config(), seed),
+             [*RUNS["claims-vfmtok"], *seed_overrides(seed), f"sample.cfg_scale={CFG_SCALE:g}"])]
+
+
+def run_study(root: Path, seeds: int, profile: str) -> None:
+    """The experiments of ``seeds`` seeds that this repository does not hold yet."""
+    have = existing(root)
+    for seed in range(seeds):  # seed by seed: a study stopped half-way holds whole seeds
+        run_experiments(root, [r for r in study(seeds) if r[0] not in have and r[0].endswith(f"-seed{seed}")],
+                        profile)
+        run_from(root, [r for r in cfg_runs(seed) if r[0] not in have], base=run_name("claims-vfmtok", seed))
 
 
 def _reports(rev: str, root: str) -> dict[str, dict]:
@@ -57,73 +86,17 @@ def _reports(rev: str, root: str) -> dict[str, dict]:
     return {name: read_json(rev, f"reports/{name}.json", root) for name in ("metrics", "train_ar")}
 
 
-def _fd_curve(report: dict) -> list[tuple[int, float]]:
-    return [(int(step), float(fd)) for step, fd, *_ in report["train_ar"].get("quality_curve") or []]
+def gather(root: str, seeds: int) -> dict[str, list[dict]]:
+    """{configuration: the reports of each of its seeds 0 .. seeds-1 that has an experiment}."""
+    have = existing(root)
+    return {c: [_reports(run_name(c, s), root) for s in range(seeds) if run_name(c, s) in have]
+            for c in configs()}
 
 
-def _fmt(v: object) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+def claims(root: str = ".", run: bool = False, profile: str = "claims", seeds: int = 3) -> Path:
+    """Run the study (``run``), then write ``reports/claims.md`` and ``reports/claims_convergence.png``."""
+    from pipeline.experiments.claims_report import write_report
 
-
-def convergence_lines(got: dict[str, dict], a: str, b: str) -> list[str]:
-    """How many AR steps each of two runs needs to reach the sample quality the other has at the
-    end of its budget (FD, lower is better)."""
-    ca, cb = _fd_curve(got[a]), _fd_curve(got[b])
-    if not ca or not cb:
-        return [f"- {LABELS[a]} vs {LABELS[b]}: no sample-quality curve (train_ar.quality_every is 0)."]
-    out = []
-    for x, cx, y, cy in ((a, ca, b, cb), (b, cb, a, ca)):
-        target, budget = cy[-1][1], cx[-1][0]
-        reached = steps_to_reach(cx, target)
-        where = (f"at step {reached} of {budget} (speed-up {budget / reached:.2f}x)" if reached
-                 else f"not within its {budget} steps (its best: {min(v for _, v in cx):.4g})")
-        out.append(f"- {LABELS[x]} reaches {LABELS[y]}'s final FD {target:.4g} {where}.")
-    return out
-
-
-def claims(root: str = ".", run: bool = False, profile: str = "claims") -> Path:
-    """Write ``reports/claims.md`` and ``reports/claims_convergence.png``."""
-    path = Path(root)
     if run:
-        run_experiments(path, list(RUNS.items()), profile)
-        run_from(path, sweep(), base="claims-vfmtok")  # only sample and evaluate re-run
-    got = {name: _reports(name, root) for name in RUNS}
-    cfg = {scale: _reports(cfg_name(scale), root)["metrics"].get("gfid") for scale in CFG_SCALES}
-
-    def row(title: str, key: str, paper: str = "") -> str:
-        return f"| {title} | " + " | ".join(_fmt(got[n]["metrics"].get(key)) for n in RUNS) + f" | {paper} |"
-
-    best = min((v, s) for s, v in cfg.items() if v is not None) if any(cfg.values()) else None
-    lines = [
-        "# The paper's claims in miniature", "",
-        "Three DVC experiments on the same data, token count and AR budget (`params/claims.yaml`), made "
-        "by `vfmtok-pipeline claims --run`; measured numbers, whichever way they come out. The judge "
-        "(a fixed pretrained network, `judge` in params) scores samples for all three.", "",
-        "| claim | " + " | ".join(LABELS[n] for n in RUNS) + " | paper (ImageNet 256) |",
-        "|---|" + "---|" * (len(RUNS) + 1),
-        row("tokens per image", "tokens_per_image", PAPER["tokens_per_image"]),
-        row("codebook usage (val)", "codebook_usage", PAPER["codebook_usage"]),
-        row("linear probe accuracy of the tokens", "linear_probe_acc", PAPER["linear_probe_acc"]),
-        row("reconstruction PSNR (dB)", "psnr"),
-        row("rFID", "rfid", PAPER["rfid"]),
-        row("gFID, no CFG", "gfid", PAPER["gfid"]),
-        row("sample class accuracy (judge)", "sample_class_acc"),
-        row("backbone linear-readout PSNR (ceiling)", "backbone_linear_psnr"),
-        "", "## AR convergence (sample quality against steps)", "",
-        *convergence_lines(got, "claims-vfmtok", "claims-vqgan"),
-        *convergence_lines(got, "claims-vfmtok", "claims-random"),
-        f"- Paper: {PAPER['ar_convergence']}. Curves: [claims_convergence.png](claims_convergence.png).",
-        "", "## Good without CFG", "",
-        f"VFMTok gFID at CFG 1.0 (none): {_fmt(got['claims-vfmtok']['metrics'].get('gfid'))}; "
-        + ", ".join(f"CFG {s:g}: {_fmt(v)}" for s, v in cfg.items())
-        + (f"; best of the sweep: {best[0]:.4g} at CFG {best[1]:g}." if best else "."),
-        "",
-    ]  # fmt: skip
-    layout = Layout(path)
-    out = layout.reports / "claims.md"
-    files.write_text(out, "\n".join(lines))
-    plots.curves(layout.picture("claims_convergence"), {LABELS[n]: _fd_curve(got[n]) for n in RUNS},
-                 ylabel="FD to val, judge features", title="AR convergence: a fixed sample set's quality")
-    return out
+        run_study(Path(root), seeds, profile)
+    return write_report(Path(root), gather(root, seeds))

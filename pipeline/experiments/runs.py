@@ -21,11 +21,20 @@ from pipeline.params.profiles import load_profile, write_profile
 from vfmtok import files
 
 
+def existing(root: str | Path) -> set[str]:
+    """The names of the experiments this repository holds, on any baseline commit."""
+    out = subprocess.run(["dvc", "exp", "list", "--all-commits", "--name-only"], cwd=root,
+                         capture_output=True, text=True, check=True).stdout
+    return {line.strip() for line in out.splitlines() if line.strip()}
+
+
 def run_experiments(root: str | Path, runs: list[tuple[str, list[str]]], profile: str = "active") -> None:
     """``dvc exp run --temp -n NAME -S KEY=VALUE ...`` for each ``(NAME, [KEY=VALUE, ...])`` in
     order, replacing an experiment of the same name. ``profile``: ``params/<profile>.yaml`` stands
     in for params.yaml while the runs are queued from the workspace (``active``: params.yaml as it
     is); params.yaml is put back as it was afterwards, byte for byte."""
+    if not runs:
+        return
     root = Path(root)
     params_file = root / "params.yaml"
     original = params_file.read_bytes()
@@ -50,6 +59,8 @@ def run_from(root: str | Path, runs: list[tuple[str, list[str]]], base: str) -> 
     entry for a stage with a persistent output; the checkpoints are). So the workspace must have
     no uncommitted changes; ``dvc exp apply`` puts the base there, and afterwards the committed
     files and the data of its dvc.lock (``dvc checkout``) are put back."""
+    if not runs:
+        return
     root = Path(root)
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                            capture_output=True, text=True, check=True).stdout.split("\n")[0]

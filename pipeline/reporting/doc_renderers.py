@@ -271,6 +271,25 @@ def demo_levers(reports: Path) -> str:
     return "\n".join([f"{levers['how']}:", "", _table(header, rows)])
 
 
+def claims_verdicts(reports: Path) -> str:
+    """The verdict table of ``reports/claims.md`` (claim, metric, interval, verdict), its rule above
+    it: what the README shows of the claims study; the report has every metric over the seeds."""
+    lines = read_text(reports, "claims.md").splitlines()
+    if "## Verdicts" not in lines:
+        raise ReportError(f"{_shown(reports, 'claims.md')}: no '## Verdicts' section: "
+                          "run vfmtok-pipeline claims --seeds N")
+    body = lines[lines.index("## Verdicts") + 1:]
+    body = body[:next((i for i, ln in enumerate(body) if ln.startswith("## ")), len(body))]  # this section
+    rule = next(ln for ln in body if ln.strip())
+    rows = [ln for ln in body if ln.startswith("| ") and not ln.startswith("| claim |")]
+    table = []
+    for row in rows:
+        claim, metric, _, _, interval, verdict = [c.strip() for c in row.strip("|").split(" | ")]
+        table.append([claim, metric, interval, f"**{verdict}**"])
+    header = ["claim", "metric", "VFMTok - other (95% interval)", "verdict"]
+    return "\n".join([rule, "", _table(header, table)])
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "results": results,
     "pipeline-time": pipeline_time,
@@ -282,6 +301,7 @@ RENDERERS: dict[str, Callable[[Path], str]] = {
     "prepared-shards": embedded("benchmarks/prepared_shards.md"),
     "source-dvc-status": embedded("benchmarks/source_dvc_status.md"),
     "claims": embedded("claims.md"),
+    "claims-verdicts": claims_verdicts,
     "rar-vs-raster": embedded("rar_vs_raster.md"),
     "tolerances": tolerances,
     "demo-levers": demo_levers,
