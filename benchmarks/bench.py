@@ -42,11 +42,12 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from bench_report import device_name, markdown, write_report  # noqa: E402
+from bench_report import device_name, markdown, peak_bytes, reset_peak, write_report  # noqa: E402
 
 from pipeline.formats.tokens import TokenWriter  # noqa: E402
 from pipeline.params import Params  # noqa: E402
 from pipeline.params.profiles import load_profile  # noqa: E402
+from pipeline.planning.rates import tokenizer_key  # noqa: E402
 from vfmtok import zoo  # noqa: E402
 from vfmtok.backbones import build_backbone  # noqa: E402
 from vfmtok.config import ARTrainConfig  # noqa: E402
@@ -149,7 +150,9 @@ def bench_tokenizer(case: Case, device: torch.device) -> dict:
         out["encode_img_s"] = b / timed(lambda: tok.encode(images), device, w, n)
         out["decode_img_s"] = b / timed(lambda: tok.decode(ids), device, w, n)
     out["encode_vs_backbone"] = out["encode_img_s"] / out["backbone_forward_img_s"]
+    reset_peak(device)
     out["train_step_img_s"] = b / timed(tokenizer_step(case, tok, backbone, images), device, w, max(1, n))
+    out |= {f"train_step_{k}": v for k, v in peak_bytes(device).items()}
     out["batch"] = b
     return out
 
@@ -229,9 +232,12 @@ def bench_ar(case: Case, name: str, device: torch.device, peak: float | None, co
         opt.step()
 
     warmup = case.warmup + (2 if compile_ else 0)
+    reset_peak(device)
     sec = timed(step, device, warmup, case.iters)
-    out = {"model": name, "batch": b, "tokens_per_step": b * t, "tokens_s": b * t / sec,
-           "params_m": round(sum(q.numel() for q in model.parameters()) / 1e6, 1), "compile": compile_}
+    out = {"model": name, "batch": b, "n_tokens": t, "vocab_size": p.tokenizer.codebook_size,
+           "tokens_per_step": b * t, "tokens_s": b * t / sec,
+           "params_m": round(sum(q.numel() for q in model.parameters()) / 1e6, 1), "compile": compile_,
+           **peak_bytes(device)}
     flops = train_flops_per_token(model, t)
     out["tflops_s"] = out["tokens_s"] * flops / 1e12
     if peak:
@@ -348,7 +354,7 @@ def run(suite: str, device: torch.device, peak_tflops: float | None, compile_: b
               "torch": torch.__version__, "threads": torch.get_num_threads(), "profiles": {}}
     for case in cases(suite, device):
         t0 = time.perf_counter()
-        res = {"tokenizer": bench_tokenizer(case, device)}
+        res = {"match": tokenizer_key(case.params), "tokenizer": bench_tokenizer(case, device)}
         res["ar_train"] = [bench_ar(case, m, device, peak, False) for m in case.ar_models]
         if compile_:
             res["ar_train"].append(bench_ar(case, case.ar_models[-1], device, peak, True))

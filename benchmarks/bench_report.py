@@ -35,6 +35,17 @@ def device_name(device: torch.device) -> str:
     return f"{cpu} ({os.cpu_count()} CPUs), {torch.get_num_threads()} torch threads"
 
 
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_bytes(device: torch.device) -> dict[str, int]:
+    """{"peak_bytes": the most the CUDA allocator held since :func:`reset_peak`}; {} on a CPU,
+    where torch keeps no such count (``vfmtok-pipeline plan`` then estimates the memory)."""
+    return {"peak_bytes": int(torch.cuda.max_memory_allocated(device))} if device.type == "cuda" else {}
+
+
 def goals(report: dict) -> list[str]:
     """Where the issue's GPU goals stand in this report (they are set for a GPU, e.g. an H200)."""
     out = []

@@ -27,6 +27,7 @@ from pipeline.commands import (
     docs,
     generate,
     import_weights,
+    plan,
     profile,
     rar_vs_raster,
     reconstruct,
@@ -41,7 +42,7 @@ from pipeline.orchestration import prefect_env
 
 def commands() -> list[Command]:
     """Every command, in the order ``--help`` lists them: the stages first."""
-    tools = [profile, check, deps, compare, claims, rar_vs_raster, import_weights, reproduce, generate,
+    tools = [profile, check, plan, deps, compare, claims, rar_vs_raster, import_weights, reproduce, generate,
              reconstruct, summary, verify, docs, serve]
     return [*stages.commands(), *(module.COMMAND for module in tools)]
 

@@ -222,6 +222,9 @@ class TokenizerTrainConfig(TrainLoopConfig):
     loss: LossConfig = field(default_factory=LossConfig)
 
 
+FSDP_MIN_PARAMS = 700_000_000  # parallel "auto" shards GPT-XL (775M) and larger; DDP below
+
+
 @dataclass(kw_only=True)
 class ARTrainConfig(TrainLoopConfig):
     """The generator's optimisation (``vfmtok.generator_training``)."""
@@ -229,7 +232,7 @@ class ARTrainConfig(TrainLoopConfig):
     weight_decay: float = field(default=0.05, metadata=bounds(0.0))
     val_every: int = field(default=50, metadata=bounds(1))
     quality_every: int = field(default=0, metadata=bounds(0))  # sample-quality checks; 0 = off
-    # Under torchrun: "auto" shards with FSDP2 from vfmtok.distributed.FSDP_MIN_PARAMS parameters
+    # Under torchrun: "auto" shards with FSDP2 from FSDP_MIN_PARAMS parameters
     # (GPT-XL and larger), DDP below. Ignored by a single process.
     parallel: Literal["auto", "ddp", "fsdp"] = field(default="auto", metadata=NEUTRAL)
     # RAR only (vfmtok.rar.random_ratio): the share r of each batch trained in a random token order

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vfmtok.device import autocast_off
+
 SpatialShapes = Sequence[tuple[int, int]] | Tensor
 
 # "auto" uses the dense form while one (queries x positions) matrix has at most this many entries.
@@ -108,7 +110,7 @@ def ms_deform_attn(
     if method == "dense" or (method == "auto" and Nq * positions <= DENSE_MAX_ENTRIES):
         return _dense(maps, shapes, sampling_locations, attention_weights)
     dt = _fp32_at_least(maps[0])
-    with torch.autocast(device_type=sampling_locations.device.type, enabled=False):
+    with autocast_off(sampling_locations.device.type):
         grids = 2.0 * sampling_locations.to(dt) - 1.0  # (B, Nq, heads, L, P, 2)
         grids = grids.permute(0, 2, 3, 1, 4, 5).flatten(0, 1)  # (B*heads, L, Nq, P, 2)
         samples = []
@@ -155,7 +157,7 @@ def _dense(maps: list[Tensor], shapes: list[tuple[int, int]], loc: Tensor, weigh
     out_dtype, dt = maps[0].dtype, _fp32_at_least(maps[0])
     B, _, _, n_heads, head_dim = maps[0].shape
     Nq = loc.shape[1]
-    with torch.autocast(device_type=loc.device.type, enabled=False):
+    with autocast_off(loc.device.type):
         value = torch.cat([m.to(dt).flatten(1, 2) for m in maps], 1)  # (B, S, heads, head_dim)
         S = value.shape[1]
         index, tap = _corners(loc.to(dt), shapes)  # (B, Nq, heads, L, P, 4) each
@@ -221,7 +223,7 @@ class MSDeformAttn(nn.Module):
         """Locations (B, Nq, heads, L, P, 2) and weights (B, Nq, heads, L, P), in >= fp32."""
         B, Nq, _ = query.shape
         H, L, P = self.n_heads, self.n_levels, self.n_points
-        with torch.autocast(device_type=query.device.type, enabled=False):
+        with autocast_off(query.device.type):
             dt = _fp32_at_least(self.sampling_offsets.weight)
             q, off, att = query.to(dt), self.sampling_offsets, self.attention_weights
             offsets = F.linear(q, off.weight.to(dt), off.bias.to(dt)).view(B, Nq, H, L, P, 2)

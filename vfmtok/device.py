@@ -23,3 +23,11 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
         torch.backends.cudnn.allow_tf32 = True
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast disabled, for a region computed in fp32 whatever the caller's autocast. The meta
+    device (the shape-only passes that size a step's memory) has no autocast: nothing to disable."""
+    if device_type == "meta":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, enabled=False)

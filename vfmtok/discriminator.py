@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from vfmtok.backbones import FrozenBackbone
 from vfmtok.decoder import group_norm
+from vfmtok.device import autocast_off
 
 
 class DiscHead(nn.Module):
@@ -72,7 +73,7 @@ class Discriminator(nn.Module):
         if len(levels) != len(self.heads):
             raise ValueError(f"expected {len(self.heads)} backbone levels, got {len(levels)}")
         # Heads in fp32 even under bf16 autocast: they are tiny and the hinge sits near 0.
-        with torch.autocast(device_type=levels[0].device.type, enabled=False):
+        with autocast_off(levels[0].device.type):
             return [head(y.float()) for head, y in zip(self.heads, levels, strict=True)]
 
     @contextlib.contextmanager

@@ -34,10 +34,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from vfmtok.checkpoint import rng_state, set_rng_state
+from vfmtok.config import FSDP_MIN_PARAMS
 from vfmtok.device import pick_device
 
 Parallel = Literal["auto", "ddp", "fsdp"]
-FSDP_MIN_PARAMS = 700_000_000  # "auto" shards GPT-XL (775M) and larger; DDP below
 
 
 # ----------------------------------------------------------------------------- process group

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from vfmtok.backbones import FrozenBackbone
 from vfmtok.config import LossConfig
 from vfmtok.config_schema import config_error, validate
+from vfmtok.device import autocast_off
 from vfmtok.discriminator import Discriminator, hinge_d_loss, hinge_g_loss, non_saturating_g_loss
 from vfmtok.lpips import LPIPS
 
@@ -42,7 +43,7 @@ def feature_loss(pred_levels: list[Tensor], target_levels: list[Tensor]) -> Tens
     """
     if len(pred_levels) != len(target_levels):
         raise ValueError(f"level count differs: {len(pred_levels)} vs {len(target_levels)}")
-    with torch.autocast(device_type=pred_levels[0].device.type, enabled=False):
+    with autocast_off(pred_levels[0].device.type):
         terms = [
             (F.normalize(p.float(), dim=1) - F.normalize(t.float(), dim=1)).pow(2).sum(1).mean()
             for p, t in zip(pred_levels, target_levels, strict=True)
@@ -111,7 +112,7 @@ class TokenizerLoss(nn.Module):
         if images.shape != recon.shape:
             raise ValueError(f"images {tuple(images.shape)} and recon {tuple(recon.shape)} differ")
         cfg = self.cfg
-        with torch.autocast(device_type=recon.device.type, enabled=False):
+        with autocast_off(recon.device.type):
             pixel = cfg.pixel_weight * F.mse_loss(recon.float(), images.float())
 
         gan_on = self.gan_active(progress)

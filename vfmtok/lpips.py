@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from vfmtok.device import autocast_off
 from vfmtok.local_weights import read_state_dict
 
 # Indices in torchvision's vgg16().features of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3.
@@ -109,7 +110,7 @@ class LPIPS(nn.Module):
         b = x.shape[0]
         feats = self.features(torch.cat([x, y]))  # one VGG pass for both batches
         total = x.new_zeros(b, dtype=torch.float32)
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with autocast_off(x.device.type):
             for k, f in enumerate(feats):
                 f = f.float()
                 f = f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + _NORM_EPS)  # unit channel vectors

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vfmtok.device import autocast_off
+
 # Upper bound on the (rows x codes) similarity block materialised at once: 2^26 fp32 = 256 MiB.
 _MAX_SIM_ELEMENTS = 1 << 26
 
@@ -102,7 +104,7 @@ class VectorQuantizer(nn.Module):
             raise ValueError(f"last dim of z must be {self.embed_dim}, got {tuple(z.shape)}")
         in_dtype = z.dtype
         # distances and losses in fp32: in bf16 near-tied cosines pick the wrong code
-        with torch.autocast(device_type=z.device.type, enabled=False):
+        with autocast_off(z.device.type):
             z_n = F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=-1)
             indices = self.nearest(z_n)  # (B, N)
             z_q = self.lookup(indices).to(z_n.dtype)  # (B, N, D)

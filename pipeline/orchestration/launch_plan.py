@@ -100,6 +100,17 @@ def visible_gpus(env: Mapping[str, str], driver: Path | None = None) -> int:
     return min(listed, machine)
 
 
+def gpu_model(driver: Path | None = None) -> str | None:
+    """The first GPU's model name as the NVIDIA driver gives it ("NVIDIA H200"), torch-free; None
+    without a driver."""
+    driver = NVIDIA_GPUS if driver is None else driver
+    for info in sorted(driver.glob("*/information")) if driver.is_dir() else []:
+        for line in info.read_text(errors="replace").splitlines():
+            if line.startswith("Model:"):
+                return line.split(":", 1)[1].strip()
+    return None
+
+
 def expand_nodelist(nodelist: str) -> list[str]:
     """Slurm's compact host list as names: ``gpu[01-03,07],cpu5`` -> gpu01, gpu02, gpu03, gpu07,
     cpu5 (what ``scontrol show hostnames`` prints; one bracket group a name, as Slurm writes them)."""

@@ -26,6 +26,31 @@ def stale(root: str, targets: list[str]) -> list[str] | None:
         return None
 
 
+def announce_plan(root: str, stages: list[str] | None) -> None:
+    """When the params put a stage on a GPU: the plan of each stage about to run, a line each
+    (``vfmtok-pipeline plan``'s figures for this machine's GPUs and launch). A plan that cannot be
+    made says why in one line and never stops the run."""
+    import os
+    from pathlib import Path
+
+    from pipeline.orchestration.launch_plan import gpu_model, world_for
+    from pipeline.params import load_params
+    from pipeline.planning.costs import make_plan, one_line
+
+    try:
+        params = load_params(Path(root) / "params.yaml", check_paths=False)
+        if not stages or not any(getattr(getattr(params, s, None), "device", "") == "cuda" for s in stages):
+            return
+        kind = gpu_model() or "GPU"
+        plan = make_plan(params, "params.yaml", Path(root), world_for(params, "train_ar", os.environ), kind)
+    except Exception as e:  # noqa: BLE001 (a plan is advice: the run goes on without it)
+        print(f"[plan] no plan: {errors.one_line(e)}")
+        return
+    for line in plan.lines:
+        if line.stage in stages:
+            print(one_line(plan, line), flush=True)
+
+
 def reproduce(root: str, targets: list[str], retries: int, retry_delay_s: float, record: bool = False) -> int:
     """Run the stale stages of ``targets`` (default: all) as one flow; the exit status."""
     from pipeline.orchestration import run_api
@@ -37,6 +62,7 @@ def reproduce(root: str, targets: list[str], retries: int, retry_delay_s: float,
             api.stop()
         print(UP_TO_DATE)
         return 0
+    announce_plan(root, stale_now)
     from pipeline.orchestration.flows import reproduce_flow
 
     if api:

@@ -290,6 +290,39 @@ def claims_verdicts(reports: Path) -> str:
     return "\n".join([rule, "", _table(header, table)])
 
 
+def plan_vs_run(reports: Path) -> str:
+    """The active params' plan on this kind of CPU (rates from the committed CPU benchmark) against
+    the newest full run's own work seconds, stage by stage: how close a plan comes."""
+    from pipeline.params import load_params
+    from pipeline.planning.costs import make_plan
+
+    run, _, got = _newest_full_run(reports)
+    plan = make_plan(load_params(reports.parent / "params.yaml", check_paths=False), "params.yaml",
+                     reports.parent, 1, "cpu")
+    work = {r.stage: r.work_seconds for r in got if r.work_seconds}
+    timed = [(ln.stage, w, work[ln.stage]) for ln, w in plan.timed() if ln.stage in work]
+    rows = [[f"`{s}`", f"{w:.0f}", f"{m:.0f}", f"{w / m:.2f}"] for s, w, m in timed]
+    planned, ran = sum(w for _, w, _ in timed), sum(m for _, _, m in timed)
+    rows.append(["timed stages", f"{planned:.0f}", f"{ran:.0f}", f"{planned / ran:.2f}"])
+    head = f"`vfmtok-pipeline plan --gpu-kind cpu` (rates from `{plan.report}`) against run `{run}`:"
+    return "\n".join([head, "", _table(["stage", "planned s", "the run's work s", "planned / ran"], rows)])
+
+
+def plan_tables(profile: str) -> Callable[[Path], str]:
+    """Profile ``profile``'s ``vfmtok-pipeline plan`` on one H200 and on eight: the rates of the
+    committed benchmark reports, the memory of the footprints file."""
+
+    def render(reports: Path) -> str:
+        from pipeline.params.profiles import load_profile
+        from pipeline.planning.costs import make_plan, markdown
+
+        params = load_profile(profile, reports.parent, check_paths=False)
+        return "\n\n".join(markdown(make_plan(params, f"profile `{profile}`", reports.parent, n, "H200"))
+                            for n in (1, 8))
+
+    return render
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "results": results,
     "pipeline-time": pipeline_time,
@@ -305,4 +338,6 @@ RENDERERS: dict[str, Callable[[Path], str]] = {
     "rar-vs-raster": embedded("rar_vs_raster.md"),
     "tolerances": tolerances,
     "demo-levers": demo_levers,
+    "plan-imagenet": plan_tables("imagenet"),
+    "plan-vs-run": plan_vs_run,
 }
