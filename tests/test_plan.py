@@ -185,7 +185,13 @@ def test_the_footprints_file_holds_what_the_models_give_now():
 
 def test_plan_of_every_profile_imports_no_torch_and_opens_no_data(tmp_path: Path):
     """In a fresh interpreter, with an audit hook on every file opened: the plan of each profile
-    prints its stages without importing torch (so never CUDA) and opens nothing under a data folder."""
+    prints its stages without importing torch (so never CUDA) and opens nothing under the data
+    folders: the project's ``data/`` and each profile's source and weight files."""
+    forbidden = [str(ROOT / "data")]
+    for name in profile_names(ROOT):
+        p = load_profile(name, ROOT, check_paths=False)
+        files = (p.prepare.path, p.backbone.weights, p.judge.weights)
+        forbidden += [str((ROOT / f).resolve()) for f in files if f]
     script = textwrap.dedent(f"""
         import sys
         opened = []
@@ -196,7 +202,7 @@ def test_plan_of_every_profile_imports_no_torch_and_opens_no_data(tmp_path: Path
                 argv = ["--root", {str(ROOT)!r}, "plan", "--profile", name, "--gpus", gpus]
                 assert main(argv) == 0
         assert "torch" not in sys.modules, "torch was imported"
-        data = [p for p in opened if "/data/" in p or "fashion" in p.lower() or p.endswith((".npy", ".tar"))]
+        data = [p for p in opened if p.startswith(tuple({forbidden!r})) or p.endswith((".npy", ".tar"))]
         assert not data, data
         print("ok", len(opened))
     """)
