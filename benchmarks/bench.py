@@ -1,6 +1,6 @@
 """How fast each part runs, for the demo profile and a paper-size one.
 
-    python benchmarks/bench.py --out reports/benchmarks/cpu          # -> cpu.json + cpu.md
+    python benchmarks/bench.py --out reports/benchmarks/bench-cpu    # -> bench-cpu.json + .md
     python benchmarks/bench.py --suite gpu --out reports/benchmarks/gpu-...   # what gpu.sh runs
 
 Per profile: tokenizer encode (backbone included) vs. the backbone's own forward, decode, and one

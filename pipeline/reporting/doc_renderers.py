@@ -331,6 +331,8 @@ RENDERERS: dict[str, Callable[[Path], str]] = {
     "metrics": metrics_table,
     "overhead": overhead,
     "kv-cache": embedded("benchmarks/kv_cache-cpu.md"),
+    "bench-cpu": embedded("benchmarks/bench-cpu.md"),
+    "plan-speed": embedded("benchmarks/plan_speed.md"),
     "prepared-shards": embedded("benchmarks/prepared_shards.md"),
     "source-dvc-status": embedded("benchmarks/source_dvc_status.md"),
     "claims": embedded("claims.md"),
