@@ -100,7 +100,7 @@ def training_memory(params: Params, stage: str, gpus: int, kind: str, rate: Rate
     peak = rate.peak_bytes if measured else est(gpus).peak_bytes(batch)
     if capacity is None or peak <= HEADROOM * capacity:
         return Memory(peak, measured, batch, capacity)
-    fitting = est(gpus).batch_that_fits(capacity, HEADROOM)
+    fitting = min(est(gpus).batch_that_fits(capacity, HEADROOM), batch - 1)  # a measured peak outranks it
     needed = next((n for n in range(gpus + 1, cfg.batch_size + 1) if cfg.batch_size % n == 0
                    and cfg.batch_size // n <= est(n).batch_that_fits(capacity, HEADROOM)), None)
     return Memory(peak, measured, batch, capacity, fitting, needed)
