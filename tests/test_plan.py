@@ -243,13 +243,19 @@ def test_plan_of_every_profile_imports_no_torch_and_opens_no_data(tmp_path: Path
 def test_bad_plan_arguments_are_one_line(tmp_path: Path, capsys):
     from pipeline.cli import main
 
+    (bad := tmp_path / "bad.yaml").write_text("prepare: [\n")
+    (not_report := tmp_path / "notes.json").write_text("{}")
+    imagenet = ["--profile", "imagenet"]
     for argv, said in [
-        (["--set", "train_ar"], "--set 'train_ar': expected SECTION.KEY=VALUE"),
-        (["--set", "train_ar.batch_size=0"], "train_ar.batch_size"),
-        (["--report", str(tmp_path / "none.json")], "none.json: no such file"),
-        (["--gpus", "0"], "--gpus 0: must be 1 or more"),
+        ([*imagenet, "--set", "train_ar"], "--set 'train_ar': expected SECTION.KEY=VALUE"),
+        ([*imagenet, "--set", "train_ar.batch_size=0"], "train_ar.batch_size"),
+        ([*imagenet, "--report", str(tmp_path / "none.json")], "none.json: no such file"),
+        ([*imagenet, "--report", str(not_report)], "notes.json: not a benchmark report"),
+        ([*imagenet, "--gpus", "0"], "--gpus 0: must be 1 or more"),
+        (["--params", str(bad)], "bad.yaml: not valid YAML"),
+        (["--params", str(tmp_path / "none.yaml")], "none.yaml: params file not found"),
     ]:
-        code = main(["--root", str(ROOT), "plan", "--profile", "imagenet", *argv])
+        code = main(["--root", str(ROOT), "plan", *argv])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and said in err[0], err
 

@@ -50,7 +50,7 @@ def overrides(pairs: list[str]) -> dict:
 
 def load(args: argparse.Namespace, root: Path):
     """(params, the name the plan shows) with the ``--set`` overrides applied and validated."""
-    from pipeline.params import params_from_data
+    from pipeline.params import SAFE_LOADER, params_from_data
     from pipeline.params.profiles import merge, profile_data, profile_file
 
     if args.profile:
@@ -60,7 +60,10 @@ def load(args: argparse.Namespace, root: Path):
         path = Path(args.params)
         if not path.is_file():
             raise UserError(f"{path}: params file not found (or name one with --params / --profile)")
-        data, name = yaml.safe_load(path.read_text()) or {}, f"`{path}`"
+        try:
+            data, name = yaml.load(path.read_text(), Loader=SAFE_LOADER) or {}, f"`{path}`"
+        except yaml.YAMLError as e:
+            raise UserError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if args.set_params:
         data = merge(data, overrides(args.set_params))
         name += " with " + ", ".join(f"`{s}`" for s in args.set_params)
