@@ -5,19 +5,16 @@ measured with the profiler (tests/memory_probe.py). Then the paper-size profile 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
 
 from pipeline.params.profiles import load_profile
 from pipeline.planning import memory
-from pipeline.planning.tokenizer_memory import meta_backbone_config, tokenizer_footprint
+from pipeline.planning.tokenizer_memory import lpips_without_files, meta_backbone_config, tokenizer_footprint
 from tests.memory_probe import optimizer_state_bytes, peak_above_start, tensor_bytes
-from vfmtok import lpips
 from vfmtok.backbones import build_backbone
 from vfmtok.losses import TokenizerLoss
 from vfmtok.tokenizer import build_tokenizer
@@ -49,22 +46,6 @@ def _params(perceptual: str, gan_weight: float, augment: bool):
     return dataclasses.replace(p, backbone=meta_backbone_config(p), train_tokenizer=tt)
 
 
-@contextlib.contextmanager
-def _random_lpips():
-    """LPIPS without its weight files: torchvision's VGG16 trunk at random init, random heads."""
-    from torchvision.models import vgg16
-
-    def trunk(path):
-        return vgg16(weights=None).features[: lpips.VGG_TAPS[-1] + 1]
-
-    def heads(path):
-        return [torch.rand(1, c, 1, 1) for c in lpips.VGG_CHANNELS]
-
-    with (mock.patch.object(lpips, "load_vgg16_features", trunk),
-          mock.patch.object(lpips, "load_lin_weights", heads)):  # fmt: skip
-        yield
-
-
 class _Batches:
     """The stage's TrainData over ``BATCH`` fixed images: each batch a fresh copy, as loading
     makes one; the backbone's levels cached unless the run augments."""
@@ -87,7 +68,7 @@ def _measured_peak(params) -> int:
     torch.manual_seed(0)
     cfg = params.train_tokenizer
     backbone = build_backbone(params.backbone)
-    with _random_lpips():
+    with lpips_without_files(torch.rand):  # random heads: a real, non-zero distance
         tok, loss_fn = build_tokenizer(params.tokenizer, backbone), TokenizerLoss(cfg.loss, backbone)
     size = params.tokenizer.image_size
     images = torch.rand(BATCH, 3, size, size) * 2 - 1

@@ -47,7 +47,6 @@ class Estimate:
 
     footprint: Footprint
     states_bytes: float
-    cuda: bool
 
     def peak_bytes(self, batch_per_gpu: int) -> float:
         fp = self.footprint
@@ -70,7 +69,7 @@ def estimate(footprint: Footprint, *, ema: bool, processes: int, fsdp: bool, cud
         states = n * sharded / processes + 2 * footprint.largest_block * 4 + n * whole
     else:
         states = n * (sharded + whole + (4 if processes > 1 else 0))
-    return Estimate(footprint, float(states + footprint.frozen_bytes), cuda)
+    return Estimate(footprint, float(states + footprint.frozen_bytes))
 
 
 # ----------------------------------------------------------------------------- the meta pass

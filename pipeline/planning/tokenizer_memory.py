@@ -81,25 +81,35 @@ def _build_on_meta(params: Params) -> tuple[Tokenizer, TokenizerLoss]:
     (the same modules, so the same activations: LPIPS runs the real forward, one VGG pass over
     the reconstructions and the images together, differentiable)."""
     import torch
-    from torchvision.models import vgg16
 
-    from vfmtok import lpips
     from vfmtok.backbones import build_backbone
     from vfmtok.losses import TokenizerLoss
     from vfmtok.tokenizer import build_tokenizer
 
-    def trunk(path: str):
-        return vgg16(weights=None).features[: lpips.VGG_TAPS[-1] + 1]  # up to relu5_3
-
-    def heads(path: str):
-        return [torch.zeros(1, c, 1, 1) for c in lpips.VGG_CHANNELS]
-
-    with (torch.device("meta"), mock.patch.object(lpips, "load_vgg16_features", trunk),
-          mock.patch.object(lpips, "load_lin_weights", heads)):  # fmt: skip
+    with torch.device("meta"), lpips_without_files(torch.zeros):
         backbone = build_backbone(meta_backbone_config(params))
         tok = build_tokenizer(params.tokenizer, backbone if params.tokenizer.kind == "vfmtok" else None)
         loss_fn = TokenizerLoss(params.train_tokenizer.loss, backbone)
     return tok.train(), loss_fn
+
+
+@contextlib.contextmanager
+def lpips_without_files(make_head: Callable) -> Iterator[None]:
+    """Inside, LPIPS is built without its weight files: torchvision's VGG16 trunk at random init
+    (up to relu5_3) and heads from ``make_head(1, C, 1, 1)`` (``torch.zeros``, ``torch.rand``)."""
+    from torchvision.models import vgg16
+
+    from vfmtok import lpips
+
+    def trunk(path: str):
+        return vgg16(weights=None).features[: lpips.VGG_TAPS[-1] + 1]
+
+    def heads(path: str):
+        return [make_head(1, c, 1, 1) for c in lpips.VGG_CHANNELS]
+
+    with (mock.patch.object(lpips, "load_vgg16_features", trunk),
+          mock.patch.object(lpips, "load_lin_weights", heads)):  # fmt: skip
+        yield
 
 
 def _generator_forward(params: Params, tok: Tokenizer, loss_fn: TokenizerLoss) -> Callable[[int], None]:
